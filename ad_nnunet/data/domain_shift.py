@@ -1,0 +1,717 @@
+"""Domain-shift datasets for UDA and SemiDG experiments: simulated "vendors" and real (metadata-defined) domains.
+
+Two ways to turn one labeled nnU-Net raw dataset into a domain-shift dataset (a NEW raw dataset):
+
+* :func:`simulate_domains` assigns cases to domains and applies an acquisition-like intensity/resolution shift per
+  domain (:class:`ShiftParams`, :func:`apply_shift`, :func:`vendor_presets`);
+* :func:`derive_domain_dataset` uses a given case -> domain mapping (e.g. ACDC's ``pathology_groups.json``) and only
+  re-arranges the files.
+
+Layout written (the plugin's raw convention, see :mod:`ad_nnunet.data.raw`), per case of domain ``d``:
+
+==============================================  ===============================================================
+``d`` in ``heldout_domains``                    ``imagesTs`` + ``labelsTs`` only: the unseen test domain never
+                                                enters nnU-Net's fingerprint or plans (which read ``imagesTr``)
+``d`` in ``unlabeled_domains``, folder flag on  ``imagesUnlabeled`` only (labels dropped: truly unlabeled)
+any other domain                                ``imagesTr`` + ``labelsTr`` (the split/settings file decides
+                                                which of them are hidden as unlabeled)
+==============================================  ===============================================================
+
+``dataset.json`` is the source's, with ``numTraining`` recounted, the ``"dataset"`` mapping dropped (files are
+written in the standard layout) and ``"ad_domains"`` (case -> domain, every case incl. test cases),
+``"ad_simulated"``, ``"ad_heldout_domains"``, ``"ad_unlabeled_domains"`` and ``"ad_source_dataset"`` added.
+``domain_shift_recipe.json`` records how the dataset was made. Only the source's labeled cases
+(``imagesTr``/``labelsTr``) are used. Everything is written to a hidden temp folder next to the target and renamed
+into place at the end, so a failure leaves nothing half-written.
+
+UDA recipe (labeled source A, unlabeled target B, test on target): give the target two domain names with the same
+preset, ``A=identity B=vendorB Bt=vendorB --unlabeled B --heldout Bt --unlabeled_folder``.
+SemiDG recipe (several labeled domains, unseen test domain): ``A=identity B=vendorB C=vendorC D=vendorD --heldout D``.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from itertools import product
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.polynomial import legendre
+from scipy.ndimage import gaussian_filter
+
+from ad_nnunet import __version__
+from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, raw_dataset_folder
+from ad_nnunet.errors import ADInputError
+
+RECIPE_FILENAME = "domain_shift_recipe.json"
+_BIAS_ORDER = 3  # Legendre degree of the bias field: smooth over the field of view, like a receive-coil profile.
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftParams:
+    """Parameters of one acquisition-like shift (a simulated scanner/"vendor"); applied by :func:`apply_shift`.
+
+    As in batchgeneratorsv2, sampling/choosing parameters is separate from applying them: a domain is one
+    ``ShiftParams``; the only per-case randomness (the noise) comes from :func:`apply_shift`'s ``rng_seed``.
+
+    * ``gamma`` (> 0): non-linear contrast change of the normalised intensities, ``u -> u ** gamma``
+      (< 1 brightens mid-tones, > 1 darkens them).
+    * ``bias_field_strength`` (>= 0) and ``bias_field_seed``: multiplicative field ``exp(strength * f)`` with
+      ``f`` a fixed (by the seed) smooth field, ``max |f| = 1``; the field is a property of the "scanner", so it is
+      the same for every case of a domain.
+    * ``noise_std`` (>= 0): std of additive Gaussian noise as a fraction of the image's intensity std.
+    * ``blur_sigma_mm`` (>= 0): Gaussian point-spread function in millimetres (resolution loss), converted per axis
+      with the voxel spacing.
+    * ``contrast_inversion``: ``u -> 1 - u`` (an extreme shift, e.g. opposite tissue polarity).
+    * ``intensity_scale``, ``intensity_offset``: final affine change ``u -> scale * u + offset`` in normalised units
+      (receiver gain / windowing; z-score normalisation removes it almost entirely).
+    """
+
+    gamma: float = 1.0
+    bias_field_strength: float = 0.0
+    bias_field_seed: int = 0
+    noise_std: float = 0.0
+    blur_sigma_mm: float = 0.0
+    contrast_inversion: bool = False
+    intensity_scale: float = 1.0
+    intensity_offset: float = 0.0
+
+    def __post_init__(self):
+        def bad(name, rule):
+            raise ADInputError(f"ShiftParams.{name}={getattr(self, name)!r} is invalid: it must be {rule}. "
+                               f"Fix: pass a {rule} value for {name}.")
+
+        for name in ("gamma", "bias_field_strength", "noise_std", "blur_sigma_mm", "intensity_scale",
+                     "intensity_offset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                bad(name, "finite number")
+        if self.gamma <= 0:
+            bad("gamma", "positive")
+        for name in ("bias_field_strength", "noise_std", "blur_sigma_mm"):
+            if getattr(self, name) < 0:
+                bad(name, "non-negative")
+        if isinstance(self.bias_field_seed, bool) or not isinstance(self.bias_field_seed, (int, np.integer)):
+            bad("bias_field_seed", "integer")
+        if not isinstance(self.contrast_inversion, (bool, np.bool_)):
+            bad("contrast_inversion", "boolean (true/false)")
+
+    @property
+    def is_identity(self) -> bool:
+        """True if :func:`apply_shift` would return the image unchanged (up to float rounding)."""
+        return (self.gamma == 1 and self.bias_field_strength == 0 and self.noise_std == 0
+                and self.blur_sigma_mm == 0 and not self.contrast_inversion and self.intensity_scale == 1
+                and self.intensity_offset == 0)
+
+
+def vendor_presets() -> Dict[str, ShiftParams]:
+    """Named, plausible simulated scanners ("vendors"), from mild to extreme.
+
+    * ``identity``: the reference scanner, no change.
+    * ``vendorB``: gamma 0.7, bias field 0.3 (seed 1), noise 0.03 -- brighter mid-tones and strong coil shading
+      (surface-coil receive profile), mildly noisier.
+    * ``vendorC``: gamma 1.4, blur 1.0 mm, noise 0.05 -- darker mid-tones, lower in-plane resolution and more
+      noise (a low-field / fast-protocol scanner).
+    * ``vendorD``: contrast inversion -- an extreme polarity shift (bright structures become dark), a stress test
+      that intensity augmentation alone cannot bridge.
+    * ``vendorE``: intensity scale 0.6, offset 0.1, bias field 0.15 (seed 2) -- mostly a receiver-gain/windowing
+      change, which nnU-Net's z-score normalisation largely removes: a control where models should barely degrade.
+    * ``vendorF``: gamma 1.2, bias field 0.4 (seed 3), blur 2.0 mm, noise 0.08 -- a severely degraded protocol.
+    """
+    return {
+        "identity": ShiftParams(),
+        "vendorB": ShiftParams(gamma=0.7, bias_field_strength=0.3, bias_field_seed=1, noise_std=0.03),
+        "vendorC": ShiftParams(gamma=1.4, blur_sigma_mm=1.0, noise_std=0.05),
+        "vendorD": ShiftParams(contrast_inversion=True),
+        "vendorE": ShiftParams(intensity_scale=0.6, intensity_offset=0.1, bias_field_strength=0.15,
+                               bias_field_seed=2),
+        "vendorF": ShiftParams(gamma=1.2, bias_field_strength=0.4, bias_field_seed=3, blur_sigma_mm=2.0,
+                               noise_std=0.08),
+    }
+
+
+def _bias_field(shape: Sequence[int], seed: int) -> np.ndarray:
+    """``f(r) = g(r) / max|g|``, ``g = h - mean(h)``, ``h(r) = sum_{|k| <= 3} c_k prod_i P_{k_i}(r_i)``.
+
+    ``P_n`` are Legendre polynomials, ``r_i`` in [-1, 1] the voxel centres over the field of view of axis ``i``
+    and ``c_k ~ U(-1, 1)`` drawn from ``seed``: a smooth field that depends on the field of view, not the voxel size.
+    """
+    rng = np.random.default_rng(seed)
+    coords = [(np.arange(n) + 0.5) / n * 2 - 1 for n in shape]
+    basis = [np.stack([legendre.legval(c, np.eye(_BIAS_ORDER + 1)[d]) for d in range(_BIAS_ORDER + 1)])
+             for c in coords]
+    field = np.zeros(tuple(shape))
+    for degrees in product(range(_BIAS_ORDER + 1), repeat=len(shape)):
+        if sum(degrees) > _BIAS_ORDER:
+            continue
+        term = np.ones(())
+        for axis, d in enumerate(degrees):
+            term = np.multiply.outer(term, basis[axis][d])
+        field += rng.uniform(-1, 1) * term
+    field -= field.mean()
+    peak = np.abs(field).max()
+    return field / peak if peak > 0 else field
+
+
+def apply_shift(image: np.ndarray, spacing: Sequence[float], params: ShiftParams, rng_seed: int) -> np.ndarray:
+    """Apply one acquisition-like shift to a single-channel image; same inputs and seed give bit-identical output.
+
+    ``spacing`` is in millimetres in the axis order of ``image`` (numpy order: z, y, x for a SimpleITK array).
+    With ``p1, p99`` the 1st/99th intensity percentiles of ``x = image`` (min/max if they coincide, range 1 for a
+    constant image) and ``R = p99 - p1``:
+
+    1. robust min-max normalisation ``u0 = (x - p1) / R`` (98% of voxels in [0, 1]; the tails are kept, not clipped);
+    2. gamma ``u1 = sign(u0) |u0| ** gamma`` (monotone, maps [0, 1] onto itself);
+    3. bias field ``u2 = u1 * exp(s * f(r))``, ``s = bias_field_strength`` and ``f`` the smooth Legendre field of
+       degree 3 fixed by ``bias_field_seed`` with ``max |f| = 1`` (so the gain lies in ``[e^-s, e^s]``);
+    4. blur ``u3 = G_sigma * u2``, Gaussian with ``sigma_i = blur_sigma_mm / spacing_i`` voxels (anisotropic-aware:
+       a 1 mm blur hardly touches 10 mm slices);
+    5. noise ``u4 = u3 + n``, ``n ~ N(0, (noise_std * std(u0))^2)`` i.i.d. from ``rng_seed`` (Gaussian, not Rician);
+    6. inversion ``u5 = 1 - u4`` if ``contrast_inversion`` else ``u4``;
+    7. affine ``u6 = intensity_scale * u5 + intensity_offset``;
+    8. back to the original scale ``y = p1 + R * u6`` (so the noise std is ``noise_std * std(x) * intensity_scale``
+       in image units), cast to ``image.dtype``: integer images are rounded and clipped to their dtype's range
+       (noise on a zero background of an unsigned image is half-rectified), float images are not clipped.
+    """
+    image = np.asarray(image)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != image.ndim or any(s <= 0 for s in spacing):
+        raise ADInputError(f"apply_shift got spacing {spacing} for an image of shape {image.shape}. "
+                           f"Fix: pass one positive spacing (mm) per image axis, in the array's axis order.")
+    x = image.astype(np.float64)
+    p1, p99 = np.percentile(x, [1, 99])
+    if p99 <= p1:
+        p1, p99 = x.min(), x.max()
+    scale = p99 - p1 if p99 > p1 else 1.0
+    u0 = (x - p1) / scale
+    u = np.sign(u0) * np.abs(u0) ** params.gamma if params.gamma != 1 else u0
+    if params.bias_field_strength > 0:
+        u = u * np.exp(params.bias_field_strength * _bias_field(u.shape, params.bias_field_seed))
+    if params.blur_sigma_mm > 0:
+        u = gaussian_filter(u, sigma=[params.blur_sigma_mm / s for s in spacing], mode="nearest")
+    if params.noise_std > 0:
+        u = u + np.random.default_rng(rng_seed).normal(0.0, params.noise_std * u0.std(), size=u.shape)
+    if params.contrast_inversion:
+        u = 1.0 - u
+    y = p1 + scale * (params.intensity_scale * u + params.intensity_offset)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(np.rint(y), info.min, info.max).astype(image.dtype)
+    return y.astype(image.dtype)
+
+
+# ACDC-style time points of one patient: "<patient>_frame01", "<patient>_ED", "<patient>_ES".
+_PATIENT_RE = re.compile(r"^(?P<group>.+)_(?:frame\d+|ED|ES)$", re.IGNORECASE)
+
+
+def patient_group(case_id: str) -> str:
+    """The patient a case belongs to, so that all time points of one patient land in the same domain.
+
+    ``case_id`` matching ``^(.+)_(frame\\d+|ED|ES)$`` (case-insensitive) gives the part before the suffix, e.g.
+    ``ACDC_patient001_frame01`` and ``ACDC_patient001_frame02`` -> ``ACDC_patient001``, ``A1B2_ED`` -> ``A1B2``.
+    Any other id is its own group (fallback: the case id itself).
+    """
+    m = _PATIENT_RE.match(case_id)
+    return m["group"] if m else case_id
+
+
+def domain_counts(dataset_folder: Union[str, os.PathLike]) -> Dict[str, Dict[str, int]]:
+    """``{domain: {folder: number of cases}}`` for ``imagesTr``, ``imagesUnlabeled`` and ``imagesTs``.
+
+    Read from a written dataset's ``dataset.json`` ``"ad_domains"`` and its image folders.
+    """
+    folder = Path(dataset_folder)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    if "ad_domains" not in dataset_json:
+        raise ADInputError(f"{folder / 'dataset.json'} has no 'ad_domains'. Fix: make the dataset with "
+                           f"adnnunet_domains (simulate/derive) or add {{case_id: domain}} as 'ad_domains'.")
+    ending = dataset_json["file_ending"]
+    counts = {d: {} for d in sorted(set(dataset_json["ad_domains"].values()))}
+    for sub in ("imagesTr", UNLABELED_DIRNAME, "imagesTs"):
+        cases = {f.name[: -len(ending) - 5] for f in (folder / sub).glob(f"*{ending}")} if (folder / sub).is_dir() \
+            else set()
+        for d in counts:
+            counts[d][sub] = sum(dataset_json["ad_domains"].get(c) == d for c in cases)
+    return counts
+
+
+def _resolve_source(source_dataset: Union[int, str, os.PathLike]) -> Path:
+    """A raw dataset folder from a path, or a dataset id/name under ``$nnUNet_raw``."""
+    if isinstance(source_dataset, (str, os.PathLike)) and Path(source_dataset).is_dir():
+        folder = Path(source_dataset)
+    else:
+        try:
+            folder = Path(raw_dataset_folder(source_dataset))
+        except RuntimeError as e:
+            raise ADInputError(f"Cannot find source dataset {source_dataset!r}: {e}\nFix: pass the dataset folder's "
+                               f"path, or set nnUNet_raw and pass its id/name.") from e
+    if not (folder / "dataset.json").is_file():
+        raise ADInputError(f"{folder} has no dataset.json. Fix: point the source at an nnU-Net raw dataset folder "
+                           f"(DatasetXXX_Name with dataset.json, imagesTr, labelsTr).")
+    return folder.resolve()
+
+
+def _target_folder(target_dataset_id: int, target_name: str, raw_root, source: Path, overwrite: bool) -> Path:
+    """Validate the target id/name and return ``<raw_root>/DatasetXXX_Name``; refuse to clobber anything."""
+    if raw_root is None:
+        raw_root = os.environ.get("nnUNet_raw")
+        if raw_root is None:
+            raise ADInputError("No output location: nnUNet_raw is not set. Fix: set nnUNet_raw or pass raw_root "
+                               "(CLI: --raw_root).")
+    if isinstance(target_dataset_id, bool) or not isinstance(target_dataset_id, (int, np.integer)) \
+            or not 1 <= target_dataset_id <= 999:
+        raise ADInputError(f"Target dataset id {target_dataset_id!r} is invalid. Fix: use an integer in 1..999.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(target_name)):
+        raise ADInputError(f"Target dataset name {target_name!r} is invalid. Fix: use letters, digits, '_', '.', "
+                           f"'-' only (it becomes Dataset{target_dataset_id:03d}_<name>).")
+    root = Path(raw_root)
+    target = (root / f"Dataset{int(target_dataset_id):03d}_{target_name}").resolve()
+    if target == source:
+        raise ADInputError(f"The target {target} is the source dataset. Fix: choose another target id/name.")
+    clash = sorted(p.name for p in root.glob(f"Dataset{int(target_dataset_id):03d}_*") if p.resolve() != target) \
+        if root.is_dir() else []
+    if clash:
+        raise ADInputError(f"Dataset id {target_dataset_id} is already used by {clash} in {root}; nnU-Net needs "
+                           f"unique ids. Fix: choose another target id, or remove {clash}.")
+    if target.exists() and not overwrite:
+        raise ADInputError(f"{target} already exists. Fix: pass overwrite=True (CLI: --overwrite) to replace it, "
+                           f"or choose another target id/name.")
+    return target
+
+
+def _source_cases(source: Path) -> tuple:
+    """``(dataset_json, {case: (image files, label file)})`` of the source's labeled cases."""
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    for key in ("channel_names", "file_ending"):
+        if key not in dataset_json:
+            raise ADInputError(f"{source / 'dataset.json'} lacks {key!r}. Fix: add it (nnU-Net v2 dataset.json).")
+    images = list_labeled_cases(str(source), dataset_json)
+    if not images:
+        raise ADInputError(f"{source} has no labeled cases in imagesTr. Fix: point the source at a labeled dataset.")
+    n_channels = len(dataset_json["channel_names"])
+    cases = {}
+    for case, files in images.items():
+        if len(files) != n_channels:
+            raise ADInputError(f"Case {case!r} of {source} has {len(files)} image files but dataset.json lists "
+                               f"{n_channels} channels. Fix: provide {case}_0000..{n_channels - 1:04d} files.")
+        label = source / "labelsTr" / f"{case}{dataset_json['file_ending']}"
+        if "dataset" in dataset_json:
+            label = Path(dataset_json["dataset"][case]["label"])
+        if not label.is_file():
+            raise ADInputError(f"Case {case!r} has no label file {label}. Fix: add the label, or remove the case's "
+                               f"images from the source's imagesTr.")
+        cases[case] = ([Path(f) for f in files], label)
+    return dataset_json, cases
+
+
+def _load_json_arg(value, what: str):
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if not path.is_file():
+            raise ADInputError(f"{what} file {path} does not exist. Fix: pass an existing JSON file.")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ADInputError(f"{what} file {path} is not valid JSON ({e}). Fix: correct the file.") from e
+    return value
+
+
+def _case_domains(mapping, cases: Iterable[str], what: str) -> Dict[str, str]:
+    """``{case: domain}`` from ``{case: domain}`` or ``{domain: [cases]}``, covering exactly ``cases``."""
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise ADInputError(f"{what} must be a non-empty JSON object/dict, got {type(mapping).__name__}. Fix: use "
+                           f"{{case_id: domain}} or {{domain: [case_ids]}}.")
+    if all(isinstance(v, (list, tuple)) for v in mapping.values()):
+        case_domain = {}
+        for domain, members in mapping.items():
+            for case in members:
+                if case in case_domain and case_domain[case] != domain:
+                    raise ADInputError(f"Case {case!r} is assigned to both {case_domain[case]!r} and {domain!r} in "
+                                       f"{what}. Fix: keep it in one domain.")
+                case_domain[case] = str(domain)
+    elif all(isinstance(v, str) for v in mapping.values()):
+        case_domain = {str(k): v for k, v in mapping.items()}
+    else:
+        raise ADInputError(f"{what} mixes formats. Fix: use either {{case_id: domain}} or {{domain: [case_ids]}}.")
+    cases = sorted(cases)
+    missing = [c for c in cases if c not in case_domain]
+    if missing:
+        raise ADInputError(f"Case {missing[0]!r} has no domain in {what} ({len(missing)} case(s) without one: "
+                           f"{missing[:10]}). Fix: assign every case of the source dataset to a domain.")
+    unknown = sorted(set(case_domain) - set(cases))
+    if unknown:
+        raise ADInputError(f"{what} names case(s) that are not labeled cases of the source: {unknown[:10]}. Fix: "
+                           f"remove them or correct the ids (no channel suffix, no file ending).")
+    groups: Dict[str, set] = {}
+    for case in cases:
+        groups.setdefault(patient_group(case), set()).add(case_domain[case])
+    split = {g: sorted(d) for g, d in groups.items() if len(d) > 1}
+    if split:
+        g = sorted(split)[0]
+        raise ADInputError(f"Patient {g!r} has cases in several domains {split[g]} in {what} ({len(split)} such "
+                           f"patient(s)); its frames would leak between training and test. Fix: put all cases of a "
+                           f"patient into one domain.")
+    return {c: case_domain[c] for c in cases}
+
+
+def _random_assignment(cases: Iterable[str], domains: Sequence[str], seed: int) -> Dict[str, str]:
+    """Seeded balanced assignment by patient: shuffle the patient groups, give each to the domain with the fewest
+    cases so far (ties: first in ``domains`` order), so frames of one patient share a domain."""
+    groups: Dict[str, List[str]] = {}
+    for case in sorted(cases):
+        groups.setdefault(patient_group(case), []).append(case)
+    names = sorted(groups)
+    counts = {d: 0 for d in domains}
+    case_domain = {}
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        domain = min(domains, key=lambda d: counts[d])
+        counts[domain] += len(groups[names[i]])
+        case_domain.update({c: domain for c in groups[names[i]]})
+    return dict(sorted(case_domain.items()))
+
+
+def _check_domain_lists(known: Iterable[str], heldout_domains, unlabeled_domains, unlabeled_folder: bool,
+                        present: Iterable[str]) -> tuple:
+    known = sorted(set(known))
+    heldout, unlabeled = [str(d) for d in heldout_domains], [str(d) for d in unlabeled_domains]
+    for what, names in (("held-out", heldout), ("unlabeled", unlabeled)):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ADInputError(f"Unknown {what} domain(s) {unknown}; known domains are {known}. Fix: use one of the "
+                               f"known domain names.")
+    both = sorted(set(heldout) & set(unlabeled))
+    if both:
+        raise ADInputError(f"Domain(s) {both} are both held out and unlabeled. Fix: list each domain in at most one "
+                           f"of heldout/unlabeled.")
+    hidden = set(heldout) | (set(unlabeled) if unlabeled_folder else set())
+    if not set(present) - hidden:
+        raise ADInputError(f"No labeled training domain is left (held out: {heldout}, unlabeled: {unlabeled}). Fix: "
+                           f"keep at least one domain with cases for imagesTr.")
+    return sorted(set(heldout)), sorted(set(unlabeled))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link costs no space and nnU-Net never edits raw files; across file systems fall back to a copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _read_image(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ADInputError(f"Cannot read image {path} ({str(e).strip().splitlines()[-1]}). Fix: replace or "
+                           f"re-export this file, or remove its case from the source dataset.") from e
+
+
+def _shift_case(src_files: Sequence[Path], dst_files: Sequence[Path], params: ShiftParams, seeds: Sequence[int]):
+    """Shift each channel file of one case; geometry (spacing, origin, direction) is copied from the source."""
+    for src, dst, seed in zip(src_files, dst_files, seeds):
+        image = _read_image(src)
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise ADInputError(f"{src} has vector pixels. Fix: store one channel per file (_0000, _0001, ...).")
+        array = sitk.GetArrayFromImage(image)
+        out = sitk.GetImageFromArray(apply_shift(array, image.GetSpacing()[::-1], params, seed))
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(dst), True)
+
+
+def _case_seeds(seed: int, case: str, n_channels: int) -> List[int]:
+    # sha256, not hash(): str hashes are salted per process; seeds must not depend on order or worker.
+    return [int.from_bytes(hashlib.sha256(f"{seed}:{case}:{c}".encode()).digest()[:8], "little") >> 1
+            for c in range(n_channels)]
+
+
+def _write_dataset(*, source: Path, target: Path, dataset_json: dict, cases: dict, case_domain: Dict[str, str],
+                   heldout: Sequence[str], unlabeled: Sequence[str], unlabeled_folder: bool, simulated: bool,
+                   recipe: dict, shifts: Optional[Dict[str, ShiftParams]] = None, seed: int = 0,
+                   num_processes: int = 1) -> str:
+    """Write the new dataset into a hidden temp folder next to ``target`` and rename it into place."""
+    ending = dataset_json["file_ending"]
+    placement = {"imagesTr": [], UNLABELED_DIRNAME: [], "imagesTs": []}
+    for case, domain in case_domain.items():
+        sub = "imagesTs" if domain in heldout else \
+            UNLABELED_DIRNAME if domain in unlabeled and unlabeled_folder else "imagesTr"
+        placement[sub].append(case)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = None
+    try:
+        jobs = []
+        for sub, members in placement.items():
+            if not members:
+                continue
+            (tmp / sub).mkdir(parents=True)
+            label_sub = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}.get(sub)
+            if label_sub:
+                (tmp / label_sub).mkdir()
+            for case in members:
+                images, label = cases[case]
+                dst = [tmp / sub / f"{case}_{c:04d}{ending}" for c in range(len(images))]
+                params = shifts[case_domain[case]] if shifts is not None else None
+                if params is None or params.is_identity:
+                    for s, d in zip(images, dst):
+                        _link_or_copy(s, d)
+                else:
+                    jobs.append((images, dst, params, _case_seeds(seed, case, len(images))))
+                if label_sub:
+                    _link_or_copy(label, tmp / label_sub / f"{case}{ending}")
+        if num_processes > 1 and len(jobs) > 1:
+            # spawn, as nnU-Net does: forking a process that holds SimpleITK/BLAS threads can deadlock.
+            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(_shift_case, *job) for job in jobs]
+                try:
+                    for f in futures:
+                        f.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        else:
+            for job in jobs:
+                _shift_case(*job)
+
+        new_json = {k: v for k, v in dataset_json.items() if k != "dataset"}
+        new_json.update({
+            "name": target.name.split("_", 1)[1],
+            "numTraining": len(placement["imagesTr"]),
+            "ad_domains": dict(sorted(case_domain.items())),
+            "ad_simulated": simulated,
+            "ad_heldout_domains": list(heldout),
+            "ad_unlabeled_domains": list(unlabeled),
+            "ad_source_dataset": source.name,
+        })
+        (tmp / "dataset.json").write_text(json.dumps(new_json, indent=2))
+        recipe = dict(recipe, placement={k: sorted(v) for k, v in placement.items()})
+        (tmp / RECIPE_FILENAME).write_text(json.dumps(recipe, indent=2))
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return str(target)
+
+
+def _as_params(name: str, value) -> tuple:
+    """``(preset name or None, ShiftParams)`` from a ShiftParams, a preset name or a dict of fields."""
+    if isinstance(value, ShiftParams):
+        return None, value
+    presets = vendor_presets()
+    if isinstance(value, str):
+        if value not in presets:
+            raise ADInputError(f"Domain {name!r}: unknown preset {value!r}. Fix: use one of {sorted(presets)} or "
+                               f"explicit ShiftParams fields.")
+        return value, presets[value]
+    if isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(ShiftParams)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ADInputError(f"Domain {name!r}: unknown shift parameter(s) {unknown}. Fix: use only "
+                               f"{sorted(fields)}.")
+        return None, ShiftParams(**value)
+    raise ADInputError(f"Domain {name!r}: cannot use {value!r} as shift. Fix: pass a ShiftParams, a preset name "
+                       f"({sorted(presets)}) or a dict of ShiftParams fields.")
+
+
+def _call_repr(func: str, **kwargs) -> str:
+    return f"{func}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
+
+
+def simulate_domains(source_dataset: Union[int, str, os.PathLike], target_dataset_id: int, target_name: str,
+                     assignment: Union[str, os.PathLike, Mapping],
+                     domains: Mapping[str, Union[ShiftParams, str, Mapping]], *,
+                     heldout_domains: Sequence[str] = (), unlabeled_domains: Sequence[str] = (),
+                     unlabeled_folder: bool = False, seed: int = 0, num_processes: int = 1, overwrite: bool = False,
+                     raw_root: Optional[Union[str, os.PathLike]] = None, command: Optional[str] = None) -> str:
+    """Make a new raw dataset whose cases come from simulated scanners; returns its folder.
+
+    * ``source_dataset``: a raw dataset folder, or a dataset id/name under ``$nnUNet_raw``; its labeled cases
+      (``imagesTr``/``labelsTr``) are used.
+    * ``assignment``: ``"random"`` (seeded, balanced by patient: :func:`patient_group` keeps e.g. both ACDC frames
+      of a patient together; each shuffled patient goes to the domain with the fewest cases so far), or an explicit
+      ``{domain: [case_ids]}`` / ``{case_id: domain}`` dict or JSON file covering every case.
+    * ``domains``: ``{domain: ShiftParams | preset name (see vendor_presets) | dict of ShiftParams fields}``;
+      identity domains get the source files unchanged (hard-linked or copied).
+    * ``heldout_domains`` go only to ``imagesTs``/``labelsTs``; ``unlabeled_domains`` go to ``imagesUnlabeled``
+      without labels if ``unlabeled_folder``, else stay in ``imagesTr`` with labels (recorded in dataset.json
+      ``"ad_unlabeled_domains"`` for the settings file to hide).
+    * ``seed`` drives the assignment and the per-case noise; the per-channel noise seeds are derived from
+      ``(seed, case_id, channel)`` only, so the output does not depend on ``num_processes``.
+    * Output: ``<raw_root or $nnUNet_raw>/DatasetXXX_<target_name>`` (refused if it exists unless ``overwrite``).
+      Labels are copied unchanged, spacing/origin/direction preserved; the recipe file records the source, seed,
+      per-domain parameters, assignment, per-case noise seeds and ``command``.
+    """
+    source = _resolve_source(source_dataset)
+    target = _target_folder(target_dataset_id, target_name, raw_root, source, overwrite)
+    if not isinstance(domains, Mapping) or not domains:
+        raise ADInputError("No domains given. Fix: pass domains as {name: preset or ShiftParams}, e.g. "
+                           "A=identity B=vendorB.")
+    resolved = {str(d): _as_params(str(d), v) for d, v in domains.items()}
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ADInputError(f"num_processes={num_processes!r} is invalid. Fix: use an integer >= 1.")
+    dataset_json, cases = _source_cases(source)
+    if isinstance(assignment, str) and assignment == "random":
+        case_domain = _random_assignment(cases, list(resolved), seed)
+    else:
+        case_domain = _case_domains(_load_json_arg(assignment, "assignment"), cases, "the assignment")
+        stray = sorted(set(case_domain.values()) - set(resolved))
+        if stray:
+            raise ADInputError(f"The assignment uses domain(s) {stray} that have no shift; known domains are "
+                               f"{sorted(resolved)}. Fix: add them to domains or correct the assignment.")
+    heldout, unlabeled = _check_domain_lists(resolved, heldout_domains, unlabeled_domains, unlabeled_folder,
+                                             case_domain.values())
+    recipe = {
+        "ad_nnunet_version": __version__,
+        "mode": "simulate",
+        "source_dataset": str(source),
+        "target_dataset": target.name,
+        "seed": seed,
+        "domains": {d: {"preset": preset, "params": dataclasses.asdict(p)} for d, (preset, p) in resolved.items()},
+        "heldout_domains": heldout,
+        "unlabeled_domains": unlabeled,
+        "unlabeled_folder": bool(unlabeled_folder),
+        "assignment_mode": "random" if isinstance(assignment, str) and assignment == "random" else "explicit",
+        "assignment": {d: sorted(c for c, v in case_domain.items() if v == d) for d in resolved},
+        "case_noise_seeds": {c: _case_seeds(seed, c, len(cases[c][0])) for c in sorted(cases)},
+        "command": command or _call_repr("simulate_domains", source_dataset=str(source_dataset),
+                                         target_dataset_id=target_dataset_id, target_name=target_name,
+                                         assignment=assignment if isinstance(assignment, str) else "explicit",
+                                         domains={d: p or v for d, (p, v) in resolved.items()},
+                                         heldout_domains=heldout, unlabeled_domains=unlabeled,
+                                         unlabeled_folder=unlabeled_folder, seed=seed),
+    }
+    return _write_dataset(source=source, target=target, dataset_json=dataset_json, cases=cases,
+                          case_domain=case_domain, heldout=heldout, unlabeled=unlabeled,
+                          unlabeled_folder=unlabeled_folder, simulated=True, recipe=recipe,
+                          shifts={d: p for d, (_, p) in resolved.items()}, seed=seed, num_processes=num_processes)
+
+
+def derive_domain_dataset(source_dataset: Union[int, str, os.PathLike], target_dataset_id: int, target_name: str,
+                          domains: Union[str, os.PathLike, Mapping], heldout_domains: Sequence[str] = (), *,
+                          unlabeled_domains: Sequence[str] = (), unlabeled_folder: bool = False,
+                          overwrite: bool = False, raw_root: Optional[Union[str, os.PathLike]] = None,
+                          command: Optional[str] = None) -> str:
+    """Re-arrange a dataset by REAL domains (no simulation, e.g. ACDC pathology groups); returns the new folder.
+
+    ``domains`` is ``{case_id: domain}`` (or ``{domain: [case_ids]}``) or a JSON file of either, e.g.
+    ``pathology_groups.json``; it must cover every labeled case of the source, and all cases of one patient
+    (:func:`patient_group`) must share a domain. Layout rules, output location and ``overwrite`` as in
+    :func:`simulate_domains`. Files are hard-linked where possible (same file system), else copied, so images
+    and labels are bit-identical to the source; dataset.json gets ``"ad_simulated": false``.
+    """
+    source = _resolve_source(source_dataset)
+    target = _target_folder(target_dataset_id, target_name, raw_root, source, overwrite)
+    dataset_json, cases = _source_cases(source)
+    case_domain = _case_domains(_load_json_arg(domains, "domains"), cases, "the domain mapping")
+    heldout, unlabeled = _check_domain_lists(case_domain.values(), heldout_domains, unlabeled_domains,
+                                             unlabeled_folder, case_domain.values())
+    recipe = {
+        "ad_nnunet_version": __version__,
+        "mode": "derive",
+        "source_dataset": str(source),
+        "target_dataset": target.name,
+        "domains_source": str(domains) if isinstance(domains, (str, os.PathLike)) else "mapping",
+        "heldout_domains": heldout,
+        "unlabeled_domains": unlabeled,
+        "unlabeled_folder": bool(unlabeled_folder),
+        "assignment": {d: sorted(c for c, v in case_domain.items() if v == d)
+                       for d in sorted(set(case_domain.values()))},
+        "command": command or _call_repr("derive_domain_dataset", source_dataset=str(source_dataset),
+                                         target_dataset_id=target_dataset_id, target_name=target_name,
+                                         domains=str(domains) if isinstance(domains, (str, os.PathLike)) else "mapping",
+                                         heldout_domains=heldout, unlabeled_domains=unlabeled,
+                                         unlabeled_folder=unlabeled_folder),
+    }
+    return _write_dataset(source=source, target=target, dataset_json=dataset_json, cases=cases,
+                          case_domain=case_domain, heldout=heldout, unlabeled=unlabeled,
+                          unlabeled_folder=unlabeled_folder, simulated=False, recipe=recipe)
+
+
+def _parse_domain_specs(specs: Sequence[str]) -> Dict[str, Union[str, dict]]:
+    domains = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise ADInputError(f"--domains entry {spec!r} is not NAME=PRESET. Fix: write e.g. A=identity B=vendorB, "
+                               f"or NAME='{{\"gamma\": 0.8}}' for explicit parameters.")
+        if name in domains:
+            raise ADInputError(f"Domain {name!r} is given twice in --domains. Fix: name each domain once.")
+        if value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ADInputError(f"--domains {name}: {value!r} is not valid JSON ({e}). Fix: quote it, e.g. "
+                                   f"{name}='{{\"gamma\": 0.8, \"noise_std\": 0.02}}'.") from e
+        domains[name] = value
+    return domains
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``adnnunet_domains simulate|derive ...``; returns the exit code (2 on bad input, message on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="adnnunet_domains", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-i", required=True, help="source raw dataset: folder path, or id/name under $nnUNet_raw")
+    common.add_argument("-d", type=int, required=True, help="id of the new dataset (1..999)")
+    common.add_argument("-n", required=True, help="name of the new dataset (DatasetXXX_<name>)")
+    common.add_argument("--heldout", nargs="*", default=[], help="domains written only to imagesTs/labelsTs")
+    common.add_argument("--unlabeled", nargs="*", default=[], help="domains to treat as unlabeled")
+    common.add_argument("--unlabeled_folder", action="store_true",
+                        help="put --unlabeled domains into imagesUnlabeled without labels (default: keep them in "
+                             "imagesTr with labels; the settings file decides what is hidden)")
+    common.add_argument("--raw_root", default=None, help="where the new dataset goes (default: $nnUNet_raw)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
+    sim = sub.add_parser("simulate", parents=[common], help="apply simulated scanner shifts per domain")
+    sim.add_argument("--domains", nargs="+", required=True,
+                     help=f"NAME=PRESET ({', '.join(vendor_presets())}) or NAME='{{json ShiftParams fields}}'")
+    sim.add_argument("--assign", default="random",
+                     help="'random' (balanced by patient, seeded) or a JSON file {domain: [cases]} / {case: domain}")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("-np", type=int, default=1, help="number of worker processes")
+    der = sub.add_parser("derive", parents=[common], help="re-arrange by real domains (no simulation)")
+    der.add_argument("--domains_json", required=True, help="JSON {case: domain}, e.g. pathology_groups.json")
+    args = parser.parse_args(argv)
+    command = shlex.join(["adnnunet_domains", *argv])
+    try:
+        if args.mode == "simulate":
+            folder = simulate_domains(args.i, args.d, args.n, args.assign, _parse_domain_specs(args.domains),
+                                      heldout_domains=args.heldout, unlabeled_domains=args.unlabeled,
+                                      unlabeled_folder=args.unlabeled_folder, seed=args.seed, num_processes=args.np,
+                                      overwrite=args.overwrite, raw_root=args.raw_root, command=command)
+        else:
+            folder = derive_domain_dataset(args.i, args.d, args.n, args.domains_json, args.heldout,
+                                           unlabeled_domains=args.unlabeled, unlabeled_folder=args.unlabeled_folder,
+                                           overwrite=args.overwrite, raw_root=args.raw_root, command=command)
+    except ADInputError as e:
+        print(f"adnnunet_domains: error: {e}", file=sys.stderr)
+        return 2
+    counts = domain_counts(folder)
+    columns = ["imagesTr", UNLABELED_DIRNAME, "imagesTs"]
+    print(f"Wrote {folder}")
+    print(f"{'domain':<12}" + "".join(f"{c:>17}" for c in columns))
+    for domain, row in counts.items():
+        print(f"{domain:<12}" + "".join(f"{row[c]:>17}" for c in columns))
+    print(f"{'total':<12}" + "".join(f"{sum(r[c] for r in counts.values()):>17}" for c in columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The unlabeled patch loader: nnU-Net's own ``nnUNetDataLoader`` over the image-only unlabeled folder.
+
+Patches are random crops (no foreground oversampling, ``oversample_foreground_percent = 0``; the ignore-label
+sampling path is disabled), drawn with replacement: ``keys ~ U(identifiers)^batch_size``, lower corner
+``~ U{-pad//2, ..., shape + pad//2 + pad%2 - initial_patch_size}`` per axis, exactly nnU-Net's random crop.
+The data come only from the folder written by ``adnnunet_preprocess_unlabeled`` (image-only preprocessing), whose
+``_seg`` is the nonzero mask (0 inside / -1 outside the body, after transforms -1 -> 0 with the default pipeline)
+and whose ``class_locations`` are empty: no label can be read through this loader. Use only ``batch['data']``.
+"""
+import os
+from typing import Sequence
+
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.data.unlabeled_preprocessing import manifest_path
+
+_CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
+
+
+def build_unlabeled_loader(folder: str, identifiers: Sequence[str], batch_size: int, initial_patch_size,
+                           final_patch_size, label_manager, transforms):
+    """``nnUNetDataLoader`` over ``nnUNetDatasetBlosc2(folder, identifiers)`` for unlabeled cases.
+
+    ``folder`` must be an unlabeled folder (it has the manifest of ``adnnunet_preprocess_unlabeled``), and every
+    identifier must be in it; otherwise ``ADInputError`` names the missing case(s) and the fix.
+    """
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    fix = "Fix: run `adnnunet_preprocess_unlabeled -d DATASET -c CONFIGURATION` (again after changing ad_settings)."
+    if not os.path.isfile(manifest_path(folder)):
+        raise ADInputError(f"{folder} was not written by adnnunet_preprocess_unlabeled (no manifest); the unlabeled "
+                           f"loader only reads image-only preprocessed data. {fix}")
+    identifiers = [str(i) for i in identifiers]
+    if not identifiers:
+        raise ADInputError(f"No unlabeled case given for {folder}. Fix: add images to imagesUnlabeled or list "
+                           f"hidden-label cases in ad_settings.json, then run adnnunet_preprocess_unlabeled.")
+    missing = [i for i in identifiers if not all(os.path.isfile(os.path.join(folder, i + s)) for s in _CASE_SUFFIXES)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in total)" if len(missing) > 5 else "")
+        raise ADInputError(f"Unlabeled case(s) {shown} missing from {folder}. {fix}")
+    # a copy: nnU-Net's dataset sorts the list it is given in place
+    dataset = nnUNetDatasetBlosc2(folder, list(identifiers))
+    loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, final_patch_size, label_manager,
+                              oversample_foreground_percent=0.0, sampling_probabilities=None, pad_sides=None,
+                              probabilistic_oversampling=False, transforms=transforms)
+    # with an ignore label nnU-Net would crop around class_locations[(-1, *labels)]; unlabeled crops are random
+    loader.has_ignore = False
+    return loader

@@ -1,0 +1,109 @@
+r"""Reparameterize & Smooth (RS): A&D's pseudo-label for unlabeled images.
+
+The diffusion decoder's DDIM logits :math:`\ell^\xi` are *reparameterized* with a Gumbel-softmax sample, *smoothed*
+with a small Gaussian kernel, and added to the softmax of the plain decoder's logits :math:`\ell^\psi`:
+
+.. math::
+    \hat y = \arg\max_c \Big[ (G_\sigma * \mathrm{GS}_\tau(\ell^\xi))_c + \mathrm{softmax}(\ell^\psi)_c \Big],
+
+.. math::
+    \mathrm{GS}_\tau(\ell)_c = \frac{\exp((\ell_c + g_c)/\tau)}{\sum_k \exp((\ell_k + g_k)/\tau)}, \qquad
+    g_c = -\log(-\log u_c),\ u_c \sim U(0, 1),
+
+with :math:`\tau = 1` (soft sample, ``hard=False``) and :math:`G_\sigma` a normalised, depthwise Gaussian kernel
+(size 3, :math:`\sigma = 1`): :math:`k(\mathbf x) \propto \exp(-\lVert \mathbf x \rVert^2 / 2\sigma^2)` on the
+offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`. There is no confidence threshold.
+
+**Borders.** The output keeps the input's size. The image is extended by *replicating* its border voxels rather
+than by zeros (the official code zero-pads), so a constant field is preserved up to the border and the smoothed
+Gumbel probabilities still sum to 1 there: near the border the diffusion branch keeps its full say instead of
+fading in favour of :math:`D_\psi`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class GaussianSmoothing(nn.Module):
+    r"""Depthwise Gaussian smoothing :math:`G_\sigma * x` per channel, same output size, replicate-padded borders.
+
+    The kernel :math:`k = \bigotimes_{i=1}^{d} k_1`, :math:`k_1(o) \propto \exp(-o^2 / 2\sigma^2)` for
+    :math:`o \in \{-(K-1)/2, \dots, (K-1)/2\}`, normalised to sum 1, is built once and kept as a non-persistent
+    buffer (it moves with ``.to(device)`` but is not written to ``state_dict``).
+
+    Args:
+        channels: number of channels (classes) smoothed independently.
+        kernel_size: odd kernel edge length :math:`K`.
+        sigma: standard deviation in voxels.
+        dim: number of spatial dimensions (1, 2 or 3).
+    """
+
+    weight: torch.Tensor
+
+    def __init__(self, channels: int, kernel_size: int = 3, sigma: float = 1.0, dim: int = 3) -> None:
+        super().__init__()
+        if dim not in _CONV:
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.channels = channels
+        self.dim = dim
+        self.kernel_size = kernel_size
+        offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+        k1 = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+        kernel = k1
+        for _ in range(dim - 1):
+            kernel = kernel[..., None] * k1
+        kernel = (kernel / kernel.sum()).to(torch.float32)
+        self.register_buffer("weight", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Smooth ``x`` of shape ``(B, channels, *spatial)``; returns the same shape and dtype."""
+        if x.ndim != self.dim + 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected (B, {self.channels}) + {self.dim} spatial dims, got {tuple(x.shape)}")
+        half = self.kernel_size // 2
+        padded = F.pad(x, (half, half) * self.dim, mode="replicate")
+        return _CONV[self.dim](padded, self.weight.to(x.dtype), groups=self.channels)
+
+
+def _gumbel_softmax(logits: torch.Tensor, tau: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    r"""Soft Gumbel-softmax sample over dim 1, :math:`\mathrm{softmax}((\ell + g)/\tau)`, with a seedable generator."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    # torch.rand lies in [0, 1); u = 0 would give an infinite Gumbel sample
+    gumbel = -torch.log(-torch.log(u.clamp_min_(torch.finfo(torch.float32).tiny)))
+    return torch.softmax((logits.float() + gumbel) / tau, dim=1)
+
+
+@torch.no_grad()
+def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
+                    tau: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad.
+
+    Args:
+        logits_xi: DDIM :math:`x_0` logits of :math:`D_\xi`, ``(B, C, *spatial)``.
+        logits_psi: logits of :math:`D_\psi`, same shape.
+        smoothing: :class:`GaussianSmoothing` with ``channels == C`` and matching ``dim``.
+        tau: Gumbel-softmax temperature :math:`\tau > 0`.
+        generator: optional ``torch.Generator`` on the logits' device for the Gumbel noise.
+    """
+    if logits_xi.shape != logits_psi.shape:
+        raise ValueError(f"logits_xi {tuple(logits_xi.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
+    if tau <= 0 or not math.isfinite(tau):
+        raise ValueError(f"tau must be a positive finite number, got {tau}")
+    score = smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
+    return score.argmax(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def argmax_pseudo_label(logits: torch.Tensor) -> torch.Tensor:
+    r""":math:`\hat y = \arg\max_c \ell_c` as a LongTensor ``(B, 1, *spatial)`` without grad (the "w/o RS" ablation)."""
+    return logits.argmax(dim=1, keepdim=True)

@@ -1,0 +1,190 @@
+"""ADNet: A&D's network, built from nnU-Net's plans.
+
+Topology, patch and feature sizes come from the plans: nnU-Net's own ``get_network_from_plans`` builds the U-Net
+whose encoder and decoder become the shared encoder E and the unlabeled/inference decoder D_theta. Around it:
+
+- ``stem_diffusion``: a second copy of the encoder's first block taking ``cat(image, x_t)`` (image channels +
+  one channel per class). The image-only stem is the encoder's own first block, so ``forward(x)`` costs exactly
+  what nnU-Net's U-Net costs.
+- ``decoder_xi`` (D_xi, denoising, timestep-conditioned) and ``decoder_psi`` (D_psi, difficulty-aware): decoders
+  of the same architecture as D_theta, so their parameters match D_theta's by name for the EMA update.
+- ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
+  projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
+- ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
+
+The decoders hold no reference to the encoder as a submodule (dynamic-network-architectures' UNetDecoder
+registers one), so the state dict has no duplicated encoder weights.
+
+``forward(x)`` (mode ``"segment"``) is D_theta(E(x)) and returns one logits tensor: nnU-Net's predictor and its
+final validation use it unchanged. All training outputs come from one ``forward(..., mode="train")`` call,
+because DDP only averages gradients of work done inside forward.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, List, Optional
+
+import torch
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+
+from ad_nnunet.method.difficulty import DifficultyWeights
+
+TIME_FREQ_DIM = 128
+TIME_EMBED_DIM = 512
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int = TIME_FREQ_DIM) -> torch.Tensor:
+    """Transformer-style embedding of integer timesteps: [cos(t w_k), sin(t w_k)], w_k = 10000^(-k/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, TIME_EMBED_DIM), nn.SiLU(),
+                                 nn.Linear(TIME_EMBED_DIM, TIME_EMBED_DIM))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t))
+
+
+def _detach_encoder_reference(decoder: nn.Module, encoder: nn.Module) -> None:
+    """Keep ``decoder.encoder`` usable as an attribute without registering the encoder as its submodule."""
+    if "encoder" in decoder._modules:
+        del decoder._modules["encoder"]
+    decoder.__dict__["encoder"] = encoder
+
+
+def _freeze_deep_supervision_heads(decoder: nn.Module) -> None:
+    """Only the last segmentation layer is used without deep supervision; freezing the others keeps the state dict
+    identical to nnU-Net's U-Net while DDP (find_unused_parameters=False) sees no unused trainable parameter."""
+    for layer in decoder.seg_layers[:-1]:
+        layer.requires_grad_(False)
+
+
+def _add_time(h: torch.Tensor, projection: nn.Linear, temb: torch.Tensor) -> torch.Tensor:
+    return h + projection(temb).view(*temb.shape[:1], -1, *([1] * (h.ndim - 2)))
+
+
+class ADNet(nn.Module):
+    def __init__(self, unet: nn.Module, diffusion_stem: nn.Module, num_classes: int, with_diffusion: bool = True):
+        super().__init__()
+        if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.encoder, "stages")
+                and hasattr(unet.decoder, "transpconvs")):
+            raise TypeError(f"ADNet needs an nnU-Net U-Net with encoder.stages and a UNetDecoder; got "
+                            f"{type(unet).__name__}. Use a PlainConvUNet or ResidualEncoderUNet configuration.")
+        self.num_classes = num_classes
+        self.with_diffusion = with_diffusion
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder  # D_theta
+        _detach_encoder_reference(self.decoder, self.encoder)
+        self.decoder.deep_supervision = False
+        _freeze_deep_supervision_heads(self.decoder)
+        # Independent initialisations: D_xi and D_psi must disagree early for their fusion to carry information.
+        self.decoder_psi = self._fresh_copy(self.decoder)
+        self.difficulty = DifficultyWeights(num_classes)
+        if with_diffusion:
+            self.decoder_xi = self._fresh_copy(self.decoder)
+            self.stem_diffusion = diffusion_stem
+            self.time_embedding = TimestepEmbedding()
+            self.temb_encoder = nn.ModuleList(nn.Linear(TIME_EMBED_DIM, c) for c in self.encoder.output_channels)
+            self.temb_decoder_xi = nn.ModuleList(
+                nn.Linear(TIME_EMBED_DIM, c) for c in list(self.encoder.output_channels[:-1])[::-1])
+
+    def _fresh_copy(self, decoder: nn.Module) -> nn.Module:
+        clone = copy.deepcopy(decoder)
+        _detach_encoder_reference(clone, self.encoder)
+        clone.apply(InitWeights_He(1e-2))
+        _freeze_deep_supervision_heads(clone)
+        return clone
+
+    @property
+    def _has_separate_stem(self) -> bool:
+        return getattr(self.encoder, "stem", None) is not None
+
+    # ---- building blocks -------------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Shared encoder on the image stem: the skips of nnU-Net's encoder."""
+        return self.encoder(x)
+
+    def encode_noisy(self, x: torch.Tensor, x_t: torch.Tensor, temb: torch.Tensor) -> List[torch.Tensor]:
+        """Shared encoder on the image+noisy-label stem, with the timestep added after every stage."""
+        h = self.stem_diffusion(torch.cat([x, x_t], dim=1))
+        stages = list(self.encoder.stages) if self._has_separate_stem else list(self.encoder.stages)[1:]
+        skips = []
+        if not self._has_separate_stem:
+            h = _add_time(h, self.temb_encoder[0], temb)
+            skips.append(h)
+        for stage in stages:
+            h = _add_time(stage(h), self.temb_encoder[len(skips)], temb)
+            skips.append(h)
+        return skips
+
+    def decode_xi(self, skips: List[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
+        """D_xi: UNetDecoder's computation with the timestep added after every decoder stage."""
+        dec = self.decoder_xi
+        h = skips[-1]
+        for s in range(len(dec.stages)):
+            h = dec.transpconvs[s](h)
+            h = dec.stages[s](torch.cat((h, skips[-(s + 2)]), 1))
+            h = _add_time(h, self.temb_decoder_xi[s], temb)
+        return dec.seg_layers[-1](h)
+
+    def denoise(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """D_xi's x0 prediction (class logits) from image x, noisy label x_t and timestep t."""
+        if not self.with_diffusion:
+            raise RuntimeError("this ADNet was built without the diffusion stream")
+        temb = self.time_embedding(t)
+        return self.decode_xi(self.encode_noisy(x, x_t, temb), temb)
+
+    # ---- the one entry point ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, mode: str = "segment", x_t: Optional[torch.Tensor] = None,
+                t: Optional[torch.Tensor] = None, x_unlabeled: Optional[torch.Tensor] = None):
+        """
+        mode "segment": D_theta(E(x)), one logits tensor (inference, nnU-Net validation).
+        mode "denoise": D_xi(E_noisy(x, x_t, t)) logits (DDIM sampling).
+        mode "train":   dict with the gradient-carrying outputs of one A&D step:
+            "xi":      D_xi on the labeled batch's noisy labels (if the diffusion stream exists),
+            "psi":     D_psi(E(x)) on the labeled batch,
+            "theta_u": D_theta(E(x_u)) on the unlabeled batch,
+            "psi_u":   D_psi on the SAME unlabeled skips, without gradient (one encoder pass serves both).
+        """
+        if mode == "segment":
+            return self.decoder(self.encode(x))
+        if mode == "denoise":
+            return self.denoise(x, x_t, t)
+        if mode == "train":
+            out: Dict[str, torch.Tensor] = {"psi": self.decoder_psi(self.encode(x))}
+            if self.with_diffusion:
+                out["xi"] = self.denoise(x, x_t, t)
+            if x_unlabeled is not None:
+                skips_u = self.encode(x_unlabeled)
+                out["theta_u"] = self.decoder(skips_u)
+                with torch.no_grad():
+                    out["psi_u"] = self.decoder_psi([s.detach() for s in skips_u])
+            return out
+        raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'denoise' or 'train'")
+
+
+def build_ad_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int,
+                     with_diffusion: bool = True) -> ADNet:
+    """ADNet from nnU-Net's plans: nnU-Net builds the U-Net (and a second one, for the image+label stem)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    def unet(in_channels: int) -> nn.Module:
+        return get_network_from_plans(
+            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import, in_channels, num_classes,
+            allow_init=True, deep_supervision=False)
+
+    net = unet(num_input_channels)
+    stem = None
+    if with_diffusion:
+        noisy_encoder = unet(num_input_channels + num_classes).encoder
+        stem = noisy_encoder.stem if getattr(noisy_encoder, "stem", None) is not None else noisy_encoder.stages[0]
+    return ADNet(net, stem, num_classes, with_diffusion=with_diffusion)

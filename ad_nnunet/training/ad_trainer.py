@@ -1,0 +1,339 @@
+"""ADTrainer: Aggregating & Decoupling (Wang & Li, NeurIPS 2023) as an nnU-Net v2 trainer.
+
+One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
+
+    theta <- m * theta + (1 - m) * (xi + psi) / 2                       (decoupled decoder, m = 0.99)
+    L_deno = DiceCE(D_xi(x_l, q_sample(2 onehot(y_l) - 1, t), t), y_l)  (diffusion stream, x0-prediction)
+    L_diff = DiceCE_w(D_psi(x_l), y_l),  w = DRS(D_xi's labeled prediction)
+    y_hat  = argmax(GaussSmooth(GumbelSoftmax(DDIM(x_u))) + Softmax(D_psi(x_u)))   (RS fusion, no gradient)
+    L_u    = DiceCE(D_theta(x_u), y_hat)
+    L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
+
+Only D_theta (with the shared encoder) is used for validation and prediction: ``network(x)`` is D_theta(E(x)).
+Everything else is nnU-Net's: plans, preprocessing, patch sampling, optimizer, poly LR, validation, export.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.method.decoupling import ema_blend_
+from ad_nnunet.method.diffusion import LinearDiffusionSchedule, encode_labels
+from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
+from ad_nnunet.method.rs_fusion import GaussianSmoothing, argmax_pseudo_label, rs_pseudo_label
+from ad_nnunet.method.svda import svda_training_transforms
+from ad_nnunet.network.ad_net import ADNet, build_ad_network
+from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
+
+CHECKPOINT_FORMAT = 1
+
+
+class ADTrainer(nnUNetTrainer):
+    # A class attribute, not an instance one: nnU-Net's predictor builds the network through the class without
+    # instantiating the trainer, and the checkpoint's keys depend on whether the diffusion stream exists.
+    with_diffusion_stream = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
+            raise ADInputError(
+                f"{type(self).__name__} supports plain label maps only; dataset {self.plans_manager.dataset_name} "
+                f"uses {'regions' if self.label_manager.has_regions else 'an ignore label'}. Remove it from "
+                f"dataset.json (labels) or train nnUNetTrainer.")
+        # Schedule. One A&D step costs about 6.5 supervised steps (10 DDIM passes + 3 forward/backward passes),
+        # so 250 x 150 A&D steps cost about what nnU-Net's default 1000 x 250 supervised steps cost.
+        self.num_epochs = 250
+        self.num_iterations_per_epoch = 150
+        self.num_val_iterations_per_epoch = 25
+        self.save_every = 5
+        self.enable_deep_supervision = False  # three decoders; A&D trains each at full resolution only
+        # A&D hyperparameters (defaults from the paper / official code, see docs/method.md).
+        self.ema_momentum = 0.99            # theta <- m theta + (1 - m) (xi + psi) / 2
+        self.unlabeled_loss_weight = 2.0    # mu
+        self.mu_rampup_epochs: Optional[float] = None  # None: the whole run (official default)
+        self.diffusion_timesteps = 1000
+        self.ddim_steps = 10
+        self.use_svda = True
+        self.svda_num_ops = 3
+        self.svda_p_op = 0.7
+        self.use_difficulty_weights = True
+        self.use_rs_fusion = True
+        self.gumbel_tau = 1.0
+        self.smoothing_kernel_size = 3
+        self.smoothing_sigma = 1.0
+        self.seed = 12345
+
+        self.dataloader_unlabeled = None
+        self.fold_split = None
+        self.skipped_steps = 0
+        for key in AD_LOG_KEYS:
+            self.logger.local_logger.my_fantastic_logging[key] = []
+        self._seed_everything(self.seed + self.local_rank)
+
+    # ---- network ---------------------------------------------------------------------------------------------
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> ADNet:
+        return build_ad_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                with_diffusion=cls.with_diffusion_stream)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """No-op: ADNet's decoders never use deep supervision."""
+
+    def _do_i_compile(self):
+        # torch.compile recompiles ADNet.forward per mode; opt in with nnUNet_compile=1 only.
+        return os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t") and super()._do_i_compile()
+
+    @property
+    def core(self) -> ADNet:
+        """The ADNet behind the DDP / torch.compile wrappers (for state and EMA, never for forward passes)."""
+        net = self.network.module if self.is_ddp else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def initialize(self):
+        super().initialize()
+        self.diffusion = LinearDiffusionSchedule(self.diffusion_timesteps)
+        num_classes = self.label_manager.num_segmentation_heads
+        self.smoothing = GaussianSmoothing(num_classes, self.smoothing_kernel_size, self.smoothing_sigma,
+                                           dim=len(self.configuration_manager.patch_size)).to(self.device)
+
+    # ---- data ------------------------------------------------------------------------------------------------
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        base = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                               do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded,
+                                               foreground_labels, regions, ignore_label)
+        if not self.use_svda:
+            return base
+        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
+
+    def do_split(self):
+        from ad_nnunet.data.settings import default_fold, load_fold
+
+        fold_split = None if self.fold == "all" else load_fold(self.plans_manager.dataset_name, self.fold)
+        if fold_split is None:
+            train_ids, val_ids = super().do_split()
+            fold_split = default_fold(train_ids, val_ids, self._raw_unlabeled_ids())
+        self.fold_split = fold_split
+        self.print_to_log_file(f"A&D split ({fold_split.source}): {len(fold_split.labeled)} labeled, "
+                               f"{len(fold_split.unlabeled)} unlabeled, {len(fold_split.val)} validation cases")
+        return list(fold_split.labeled), list(fold_split.val)
+
+    def _raw_unlabeled_ids(self) -> List[str]:
+        from ad_nnunet.data.raw import list_unlabeled_cases, raw_dataset_folder
+
+        return sorted(list_unlabeled_cases(raw_dataset_folder(self.plans_manager.dataset_name), self.dataset_json))
+
+    def get_dataloaders(self):
+        dataloader_train, dataloader_val = super().get_dataloaders()  # runs do_split, so fold_split is set
+        self.dataloader_unlabeled = self._unlabeled_augmenter()
+        return dataloader_train, dataloader_val
+
+    def _unlabeled_augmenter(self):
+        from ad_nnunet.data.loaders import build_unlabeled_loader
+        from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabeled_folder
+
+        identifiers = list(self.fold_split.unlabeled)
+        if not identifiers:
+            raise ADInputError(
+                f"fold {self.fold} of {self.plans_manager.dataset_name} has no unlabeled cases. Put unlabeled "
+                f"images in imagesUnlabeled/ or hide labels of imagesTr cases with adnnunet_make_settings; for "
+                f"fully supervised training use -tr nnUNetTrainer.")
+        dataset = self.plans_manager.dataset_name
+        if self.local_rank == 0:
+            preprocess_unlabeled(dataset, self.configuration_name, self.plans_manager.plans_name)
+        if self.is_ddp:
+            dist.barrier()
+        rotation_for_DA, do_dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels)
+        loader = build_unlabeled_loader(
+            unlabeled_folder(dataset, self.configuration_name, self.plans_manager.plans_name), identifiers,
+            self.batch_size, initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
+            transforms)
+        num_processes = get_allowed_n_proc_DA()
+        if num_processes == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes, max(6, num_processes // 2), None,
+                                            pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            save_json({**asdict(self.fold_split), "fold": self.fold}, join(self.output_folder, "ad_split.json"),
+                      sort_keys=False)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    # ---- one A&D step ----------------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict:
+        image = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True).long()
+        unlabeled = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+
+        self.update_decoupled_decoder()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            terms = self.loss_terms(image, target, unlabeled)
+            mu = self.unlabeled_weight()
+            loss = terms["L_deno"] + terms["L_diff"] + mu * terms["L_u"]
+        stepped = self.backward_and_step(loss)
+        return {"loss": loss.detach().cpu().numpy() if stepped else np.array(np.nan),
+                "skipped": float(not stepped), "mu": mu,
+                **{k: v.detach().cpu().numpy() for k, v in terms.items() if torch.is_tensor(v)},
+                "pseudo_fg_fraction": terms["pseudo_fg_fraction"]}
+
+    def loss_terms(self, image: torch.Tensor, target: torch.Tensor, unlabeled: torch.Tensor) -> Dict:
+        """L_deno, L_diff and L_u for one labeled and one unlabeled batch (plus diagnostics)."""
+        logits_xi_u = self.diffusion_pseudo_logits(unlabeled) if self.with_diffusion_stream else None
+        x_t, t = self.noisy_labels(target) if self.with_diffusion_stream else (None, None)
+        out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=unlabeled)
+        labeled_for_drs = out["xi"] if self.with_diffusion_stream else out["psi"]
+        weights = self.core.difficulty.update(labeled_for_drs.detach().float(), target) \
+            if self.use_difficulty_weights else None
+        pseudo = self.pseudo_label(logits_xi_u, out["psi_u"])
+        zero = out["psi"].new_zeros(())
+        return {"L_deno": dice_ce_loss(out["xi"], target) if self.with_diffusion_stream else zero,
+                "L_diff": dice_ce_loss(out["psi"], target, weights),
+                "L_u": dice_ce_loss(out["theta_u"], pseudo),
+                "pseudo_fg_fraction": float((pseudo > 0).float().mean())}
+
+    @torch.no_grad()
+    def update_decoupled_decoder(self):
+        net = self.core
+        sources = [net.decoder_xi, net.decoder_psi] if self.with_diffusion_stream else [net.decoder_psi]
+        ema_blend_(net.decoder, sources, self.ema_momentum)
+
+    def noisy_labels(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """q(x_t | x_0) for x_0 = 2 onehot(y) - 1 at uniformly drawn timesteps."""
+        x0 = encode_labels(target, self.label_manager.num_segmentation_heads)
+        t = self.diffusion.sample_timesteps(x0.shape[0], self.device)
+        return self.diffusion.q_sample(x0, t), t
+
+    @torch.no_grad()
+    def diffusion_pseudo_logits(self, unlabeled: torch.Tensor) -> torch.Tensor:
+        """DDIM sampling of D_xi's x0 logits on the unlabeled batch (no gradient)."""
+        shape = (unlabeled.shape[0], self.label_manager.num_segmentation_heads, *unlabeled.shape[2:])
+        return self.diffusion.ddim_sample(
+            lambda x_t, t: self.network(unlabeled, mode="denoise", x_t=x_t, t=t), shape,
+            num_steps=self.ddim_steps, device=self.device)
+
+    @torch.no_grad()
+    def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
+        if logits_xi is None:  # no diffusion stream: D_psi alone
+            return argmax_pseudo_label(logits_psi)
+        if not self.use_rs_fusion:  # the "without RS" ablation: plain argmax of the diffusion stream
+            return argmax_pseudo_label(logits_xi)
+        return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau)
+
+    def unlabeled_weight(self) -> float:
+        ramp = self.num_epochs if self.mu_rampup_epochs is None else self.mu_rampup_epochs
+        return self.unlabeled_loss_weight * sigmoid_rampup(self.current_epoch, ramp)
+
+    def backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward + clipped optimizer step. A non-finite loss skips the step (reported), training goes on."""
+        if not torch.isfinite(loss):
+            self.skipped_steps += 1
+            self.print_to_log_file(f"WARNING: non-finite loss ({loss.item()}) in epoch {self.current_epoch}; "
+                                   f"step skipped ({self.skipped_steps} so far)")
+            return False
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return True
+
+    # ---- logging ---------------------------------------------------------------------------------------------
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        finite = [o for o in train_outputs if not o["skipped"]] or train_outputs
+        super().on_train_epoch_end([{"loss": o["loss"]} for o in finite])
+        summary = {key: float(np.nanmean([float(o[key]) for o in finite]))
+                   for key in ("L_deno", "L_diff", "L_u", "mu", "pseudo_fg_fraction")}
+        summary["skipped_steps"] = float(sum(o["skipped"] for o in train_outputs))
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, summary)
+            summary = {k: float(np.mean([g[k] for g in gathered])) for k in summary}
+        summary["class_weights"] = [float(w) for w in self.core.difficulty.weights.cpu()]
+        for key, value in summary.items():
+            self.logger.log(key, value, self.current_epoch)
+        self.print_to_log_file("A&D: " + ", ".join(
+            f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
+            for k, v in summary.items()))
+
+    def on_epoch_end(self):
+        if self.local_rank == 0:
+            plot_ad_progress(self.logger.local_logger.my_fantastic_logging, self.output_folder)
+        super().on_epoch_end()
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the RNG states, written atomically (a kill mid-write keeps the old file)."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        tmp = filename + ".tmp"
+        super().save_checkpoint(tmp)
+        checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+        checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": _rng_state(),
+                                  "skipped_steps": self.skipped_steps}
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("ADTrainer.load_checkpoint takes a checkpoint path (nnU-Net 2.8.1 cannot load dicts)")
+        super().load_checkpoint(filename_or_checkpoint)
+        ad_state = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False).get("ad_state")
+        if ad_state is not None:
+            self.skipped_steps = ad_state["skipped_steps"]
+            _set_rng_state(ad_state["rng"])
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

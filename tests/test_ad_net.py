@@ -1,0 +1,91 @@
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from _net_helpers import configuration
+from ad_nnunet.network.ad_net import build_ad_network
+
+NUM_CLASSES = 3
+
+
+def build(dim=3, arch="PlainConvUNet", with_diffusion=True):
+    torch.manual_seed(0)
+    return build_ad_network(None, configuration(dim, arch=arch), 1, NUM_CLASSES, with_diffusion=with_diffusion)
+
+
+@pytest.mark.parametrize("dim,arch", [(3, "PlainConvUNet"), (2, "PlainConvUNet"), (3, "ResidualEncoderUNet")])
+def test_segment_path_is_exactly_a_stock_unet(dim, arch):
+    net = build(dim, arch).eval()
+    cfg = configuration(dim, arch=arch)
+    stock = get_network_from_plans(cfg.network_arch_class_name, cfg.network_arch_init_kwargs,
+                                   cfg.network_arch_init_kwargs_req_import, 1, NUM_CLASSES, deep_supervision=False)
+    theta_path = list(net.encoder.parameters()) + list(net.decoder.parameters())
+    assert sum(p.numel() for p in theta_path) == sum(p.numel() for p in stock.parameters())
+    # the stock U-Net loads D_theta's weights (minus its duplicated decoder.encoder keys) and predicts the same
+    own = {k: v for k, v in net.state_dict().items() if k.split(".")[0] in ("encoder", "decoder")}
+    stock.load_state_dict({**own, **{f"decoder.{k}": v for k, v in own.items() if k.startswith("encoder.")}})
+    x = torch.randn(2, 1, *([16] * dim))
+    out = net(x)
+    assert torch.is_tensor(out) and out.shape == (2, NUM_CLASSES, *([16] * dim))
+    torch.testing.assert_close(out, stock.eval()(x))
+
+
+def test_state_dict_has_no_duplicated_encoder_and_loads_strictly():
+    net = build()
+    keys = list(net.state_dict())
+    assert not [k for k in keys if ".encoder." in k], "decoders must not re-register the shared encoder"
+    assert {k.split(".")[0] for k in keys} == {
+        "encoder", "decoder", "decoder_psi", "decoder_xi", "stem_diffusion", "time_embedding", "temb_encoder",
+        "temb_decoder_xi", "difficulty"}
+    fresh = build()
+    fresh.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_train_mode_outputs_and_gradient_flow():
+    net = build().train()
+    x_l, x_u = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16)
+    x_t, t = torch.randn(2, NUM_CLASSES, 16, 16, 16), torch.tensor([3, 900])
+    out = net(x_l, mode="train", x_t=x_t, t=t, x_unlabeled=x_u)
+    assert set(out) == {"xi", "psi", "theta_u", "psi_u"}
+    assert all(v.shape == (2, NUM_CLASSES, 16, 16, 16) for v in out.values())
+    assert not out["psi_u"].requires_grad
+    out["theta_u"].square().mean().backward()  # an L_u stand-in
+    grads = {name: p.grad is not None and p.grad.abs().sum() > 0 for name, p in net.named_parameters()
+             if p.requires_grad}
+    assert all(v for k, v in grads.items() if k.startswith(("encoder.", "decoder.")))
+    assert not any(v for k, v in grads.items() if k.startswith(("decoder_psi", "decoder_xi", "stem_diffusion",
+                                                                 "time_embedding", "temb_")))
+
+
+def test_every_parameter_gets_a_gradient_from_the_full_loss():
+    """DDP (find_unused_parameters=False) needs every parameter in the graph of one train forward."""
+    net = build().train()
+    out = net(torch.randn(2, 1, 16, 16, 16), mode="train", x_t=torch.randn(2, NUM_CLASSES, 16, 16, 16),
+              t=torch.tensor([10, 500]), x_unlabeled=torch.randn(2, 1, 16, 16, 16))
+    sum(v.mean() for k, v in out.items() if k != "psi_u").backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+def test_timestep_conditions_the_denoiser_only():
+    net = build().eval()
+    x, x_t = torch.randn(1, 1, 16, 16, 16), torch.randn(1, NUM_CLASSES, 16, 16, 16)
+    with torch.no_grad():
+        net.time_embedding.mlp[-1].bias.add_(1.0)  # make the (He-initialised) projections matter visibly
+        a = net(x, mode="denoise", x_t=x_t, t=torch.tensor([1]))
+        b = net(x, mode="denoise", x_t=x_t, t=torch.tensor([999]))
+    assert not torch.allclose(a, b)
+
+
+def test_without_diffusion_stream():
+    net = build(with_diffusion=False)
+    assert not any(k.startswith(("decoder_xi", "stem_diffusion", "time_embedding")) for k in net.state_dict())
+    out = net(torch.randn(1, 1, 16, 16, 16), mode="train", x_unlabeled=torch.randn(1, 1, 16, 16, 16))
+    assert set(out) == {"psi", "theta_u", "psi_u"}
+    with pytest.raises(RuntimeError):
+        net(torch.randn(1, 1, 16, 16, 16), mode="denoise")
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="unknown ADNet mode"):
+        build()(torch.randn(1, 1, 16, 16, 16), mode="nope")

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from ad_nnunet.method.rs_fusion import GaussianSmoothing, argmax_pseudo_label, rs_pseudo_label
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_kernel_normalised_and_gaussian(dim):
+    sm = GaussianSmoothing(4, kernel_size=3, sigma=1.0, dim=dim)
+    assert sm.weight.shape == (4, 1) + (3,) * dim
+    assert torch.allclose(sm.weight.sum(dim=tuple(range(1, dim + 2))), torch.ones(4))
+    k = sm.weight[0, 0]
+    centre = k[(1,) * dim].item()
+    face = k[(0,) + (1,) * (dim - 1)].item()
+    assert face / centre == pytest.approx(math.exp(-0.5), rel=1e-6)
+    # a derived constant: not part of the saved state
+    assert "weight" not in sm.state_dict()
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (2, 3, 7, 6)), (3, (1, 3, 5, 6, 4))])
+def test_constant_field_preserved_and_shape_kept(dim, shape):
+    sm = GaussianSmoothing(3, dim=dim)
+    x = torch.full(shape, 0.37)
+    y = sm(x)
+    assert y.shape == x.shape
+    assert torch.allclose(y, x, atol=1e-6)
+    # smoothing probabilities keeps them probabilities, borders included
+    p = torch.softmax(torch.randn(shape), 1)
+    assert torch.allclose(sm(p).sum(1), torch.ones(shape[0], *shape[2:]), atol=1e-5)
+
+
+def test_smoothing_matches_direct_sum_in_interior():
+    sm = GaussianSmoothing(1, dim=2)
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    y = sm(x)[0, 0]
+    # an impulse spreads into the kernel itself
+    assert torch.allclose(y[1:4, 1:4], sm.weight[0, 0])
+    assert y.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_smoothing_validates_input():
+    with pytest.raises(ValueError):
+        GaussianSmoothing(2, kernel_size=4)
+    with pytest.raises(ValueError):
+        GaussianSmoothing(2, dim=4)
+    with pytest.raises(ValueError):
+        GaussianSmoothing(2, dim=3)(torch.zeros(1, 3, 4, 4, 4))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_agreeing_inputs_give_that_label(dim):
+    g = torch.Generator().manual_seed(0)
+    spatial = (6, 5, 4)[:dim]
+    label = torch.randint(0, 3, (2, 1, *spatial), generator=g)
+    onehot = torch.nn.functional.one_hot(label[:, 0], 3).movedim(-1, 1).float()
+    logits = 20.0 * onehot
+    sm = GaussianSmoothing(3, dim=dim)
+    pseudo = rs_pseudo_label(logits, logits, sm, generator=torch.Generator().manual_seed(1))
+    assert pseudo.dtype == torch.long and pseudo.shape == label.shape
+    assert torch.equal(pseudo, label)
+    assert torch.equal(argmax_pseudo_label(logits), label)
+
+
+def test_no_grad_and_deterministic_with_generator():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3, 5, 5, 5, generator=g, requires_grad=True)
+    b = torch.randn(2, 3, 5, 5, 5, generator=g, requires_grad=True)
+    sm = GaussianSmoothing(3)
+    p1 = rs_pseudo_label(a, b, sm, generator=torch.Generator().manual_seed(5))
+    p2 = rs_pseudo_label(a, b, sm, generator=torch.Generator().manual_seed(5))
+    assert not p1.requires_grad and p1.grad_fn is None
+    assert torch.equal(p1, p2)
+    # the Gumbel noise matters for these ambiguous logits
+    others = [rs_pseudo_label(a, b, sm, generator=torch.Generator().manual_seed(s)) for s in range(6, 9)]
+    assert any(not torch.equal(p1, o) for o in others)
+    assert not argmax_pseudo_label(a).requires_grad
+
+
+def test_shape_and_tau_validation():
+    sm = GaussianSmoothing(3, dim=2)
+    with pytest.raises(ValueError):
+        rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), sm)
+    with pytest.raises(ValueError):
+        rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), sm, tau=0.0)
