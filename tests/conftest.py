@@ -1,5 +1,6 @@
 """Session fixtures shared by all test files: nnU-Net folders and a planned + preprocessed phantom dataset."""
 import itertools
+import json
 import os
 import shutil
 from pathlib import Path
@@ -83,6 +84,15 @@ def phantom_copy(planned_phantom, nnunet_dirs):
         shutil.copytree(planned_phantom["raw"], raw)
         shutil.copytree(planned_phantom["preprocessed"], pre)
         made.extend([raw, pre])
+        # nnU-Net locates a dataset's preprocessed data through the plans' dataset_name
+        for f in os.listdir(pre):
+            if f.endswith(".json") and f.startswith("nnUNetPlans"):
+                plans_file = os.path.join(pre, f)
+                with open(plans_file) as fh:
+                    plans = json.load(fh)
+                plans["dataset_name"] = name
+                with open(plans_file, "w") as fh:
+                    json.dump(plans, fh, indent=2)
         if clean:
             for f in os.listdir(pre):
                 p = os.path.join(pre, f)

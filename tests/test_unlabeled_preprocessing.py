@@ -97,11 +97,19 @@ def test_staleness(phantom_copy):
     preprocess_unlabeled(ds, CFG, num_processes=1, verbose=False)
     assert case_files(folder, "unl_005") == [] and "unl_005" not in json.load(open(manifest_path(folder)))["cases"]
     assert is_up_to_date(ds, CFG)
-    # changing the plans' configuration rebuilds everything
-    before = stats(folder)
+    # training-only changes (patch size, architecture) and a configuration sharing the data_identifier (like the
+    # 3d_tiny preset) reuse the folder
     plans_file = os.path.join(d["preprocessed"], "nnUNetPlans.json")
     plans = json.load(open(plans_file))
     plans["configurations"][CFG]["patch_size"] = [16, 24, 24]
+    plans["configurations"]["3d_small"] = {"inherits_from": CFG, "patch_size": [16, 16, 16], "batch_size": 4,
+                                           "ad_preset": {"x": 1}}
+    json.dump(plans, open(plans_file, "w"))
+    assert is_up_to_date(ds, CFG) and is_up_to_date(ds, "3d_small")
+    assert unlabeled_folder(ds, "3d_small") == folder
+    # a change of preprocessing (resampling order) rebuilds everything
+    before = stats(folder)
+    plans["configurations"][CFG]["resampling_fn_data_kwargs"]["order"] = 1
     json.dump(plans, open(plans_file, "w"))
     assert not is_up_to_date(ds, CFG)
     preprocess_unlabeled(ds, CFG, num_processes=1, verbose=False)

@@ -13,6 +13,7 @@ Truly unlabeled images (no label exists anywhere) go into a sibling folder that 
 They therefore never influence nnU-Net's fingerprint (intensity statistics, target spacing) or its plans; they are
 normalized and resampled with the statistics of the labeled cases, exactly like test images.
 """
+import copy
 import os
 import re
 from typing import Dict, List, Union
@@ -46,7 +47,8 @@ def list_labeled_cases(raw_folder: str, dataset_json: dict) -> Dict[str, List[st
                                           get_identifiers_from_splitted_dataset_folder)
 
     if "dataset" in dataset_json:
-        cases = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
+        # a copy: nnU-Net rewrites the paths of the mapping it is given in place
+        cases = get_filenames_of_train_images_and_targets(raw_folder, copy.deepcopy(dataset_json))
         return {k: list(v["images"]) for k, v in sorted(cases.items())}
     images_tr = os.path.join(raw_folder, "imagesTr")
     if not os.path.isdir(images_tr):

@@ -23,7 +23,8 @@ Settings:
 * ``ssl``: ``labeled`` = N (or ``max(1, round(fraction * n))``) imagesTr cases drawn with
   ``RandomState(seed + fold)``, or given as id lists; ``unlabeled`` = the other imagesTr cases + all imagesUnlabeled.
 * ``uda``: ``labeled`` = the imagesTr cases of the source domains; ``unlabeled`` = every target-domain case
-  (imagesTr with hidden labels and imagesUnlabeled). Target labels are never used for training.
+  (imagesTr with hidden labels and imagesUnlabeled). Target labels are never used for training; imagesUnlabeled
+  cases of source domains are not used.
 * ``semidg``: the held-out domains must have no case in imagesTr/imagesUnlabeled (so they cannot influence nnU-Net's
   fingerprint and plans); ``labeled`` = N cases drawn stratified per training domain (counts by largest remainder:
   ``n_d = floor(N * |D_d| / |D|)`` plus one for the largest fractional parts), ``unlabeled`` = the rest of the
@@ -209,8 +210,8 @@ def _num_labeled(num_labeled, fraction, n_pool: int, what: str) -> int:
             raise ADInputError(f"--fraction {fraction} must be in (0, 1]. Fix: e.g. --fraction 0.1.")
         num_labeled = max(1, int(round(fraction * n_pool)))
     if not 1 <= num_labeled <= n_pool:
-        raise ADInputError(f"--num_labeled {num_labeled} is not in 1..{n_pool} (number of {what} cases in "
-                           f"imagesTr). Fix: choose a count in that range.")
+        raise ADInputError(f"--num_labeled {num_labeled} is not in 1..{n_pool} (the number of labeled {what} "
+                           f"cases). Fix: choose a count in that range.")
     return int(num_labeled)
 
 

@@ -14,9 +14,13 @@ foreground information exists in the output at all.
 
 Staleness: ``.ad_meta/ad_unlabeled_manifest.json`` (a hidden subfolder, so nnU-Net's ``get_identifiers`` and
 ``infer_dataset_class`` still see a clean folder) stores a SHA-256 of everything that determines the output (the
-resolved configuration, the plans' intensity properties, transpose, reader/writer, dataset.json channel names,
-file ending and labels, nnU-Net's version) and per case its source files with size and mtime_ns. A changed global
-hash rebuilds the folder; a changed case is redone; cases no longer required are deleted.
+resolved configuration: data_identifier, preprocessor, spacing, normalization, resampling, ...; the plans' intensity
+properties, transpose, reader/writer; dataset.json channel names, file ending and labels; nnU-Net's version) and per
+case its source files with size and mtime_ns. A changed global hash rebuilds the folder; a changed case is redone;
+cases no longer required are deleted. Training-only keys of the configuration (architecture, batch size, patch size,
+...) are left out of the hash: configurations that share a data_identifier (e.g. the ``3d_tiny`` preset of
+``3d_fullres``) share the folder, like they share nnU-Net's labeled folder, instead of rebuilding it in turn. The
+patch size only sets the blosc2 chunk layout (access speed, not values); the first run's layout is kept.
 """
 import argparse
 import hashlib
@@ -25,8 +29,9 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 
@@ -40,6 +45,11 @@ _TMP_DIRNAME = ".ad_tmp"
 _MANIFEST_VERSION = 1
 # rename order: the data file last, because nnU-Net's get_identifiers lists a case as soon as <id>.b2nd exists
 _CASE_SUFFIXES = ("_seg.b2nd", ".pkl", ".b2nd")
+# configuration keys that do not influence preprocessing (see the module docstring); keys starting with "ad_" are
+# this plugin's metadata
+_TRAINING_ONLY_KEYS = ("architecture", "batch_size", "batch_dice", "patch_size", "median_image_size_in_voxels",
+                       "inherits_from", "next_stage", "previous_stage", "resampling_fn_probabilities",
+                       "resampling_fn_probabilities_kwargs")
 
 
 def manifest_path(folder: str) -> str:
@@ -101,7 +111,8 @@ def _load_context(dataset_name_or_id, configuration: str, plans_identifier: str)
     signature = {
         "manifest_version": _MANIFEST_VERSION,
         "nnunetv2": nnunet_version,
-        "configuration": cm.configuration,
+        "configuration": {k: v for k, v in cm.configuration.items()
+                          if k not in _TRAINING_ONLY_KEYS and not k.startswith("ad_")},
         "foreground_intensity_properties_per_channel": pm.foreground_intensity_properties_per_channel,
         "transpose_forward": pm.transpose_forward,
         "image_reader_writer": plans.get("image_reader_writer"),
@@ -130,6 +141,9 @@ def required_unlabeled_cases(dataset_name_or_id: Union[int, str]) -> Dict[str, L
     unlabeled (their image files only; their labels are never part of this mapping).
     """
     raw = raw_dataset_folder(dataset_name_or_id)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        raise ADInputError(f"Raw dataset {raw} not found; unlabeled preprocessing reads the raw images. "
+                           f"Fix: make nnUNet_raw point at the raw datasets.")
     dataset_json = _read_json(os.path.join(raw, "dataset.json"))
     required = dict(list_unlabeled_cases(raw, dataset_json))
     settings = load_settings(dataset_name_or_id)
@@ -220,6 +234,24 @@ def _empty_class_locations(label_manager, ndim: int) -> dict:
     return {k: np.zeros((0, ndim), dtype=np.int64) for k in keys}
 
 
+@contextmanager
+def _folder_lock(folder: str):
+    """Exclusive lock (``<folder>.lock`` next to it): trainings of several folds started together run the update
+    one after another instead of rebuilding the same folder concurrently. No-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _describe_read_error(case: str, image_files: List[str], plans_manager, err: Exception) -> str:
     """Pinpoint which file of a failed case is unreadable (re-reading each file alone)."""
     rw = plans_manager.image_reader_writer_class()
@@ -227,8 +259,9 @@ def _describe_read_error(case: str, image_files: List[str], plans_manager, err: 
         try:
             rw.read_images([f])
         except Exception as e:  # any reader failure means the file is unusable
-            return (f"Unlabeled case {case!r}: cannot read image file {f} ({type(e).__name__}: "
-                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). Fix: re-export or remove it.")
+            detail = " ".join(str(e).split())[-300:]  # SimpleITK puts the useful part on the last line
+            return (f"Unlabeled case {case!r}: cannot read image file {f} ({type(e).__name__}: {detail}). "
+                    f"Fix: re-export or remove it.")
     return (f"Unlabeled case {case!r}: preprocessing its files {image_files} failed ({type(err).__name__}: {err}). "
             f"Fix: make all channels of the case share shape and spacing, or re-export or remove it.")
 
@@ -316,7 +349,12 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
         num_processes = nnunetv2.configuration.default_num_processes
     num_processes = max(1, int(num_processes))
     ctx = _load_context(dataset_name_or_id, configuration, plans_identifier)
-    required = required_unlabeled_cases(dataset_name_or_id)
+    with _folder_lock(ctx.folder):
+        return _update(ctx, required_unlabeled_cases(dataset_name_or_id), num_processes, verbose)
+
+
+def _update(ctx: _Context, required: Dict[str, List[str]], num_processes: int, verbose: bool) -> str:
+    """Rebuild / redo / delete according to ``_make_plan``; the manifest is written (atomically) last."""
     plan = _make_plan(ctx, required)
     if plan.rebuild and os.path.isdir(ctx.folder):
         shutil.rmtree(ctx.folder)
@@ -347,9 +385,9 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
         _atomic_write_json(manifest, manifest_path(ctx.folder))
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if errors:
-        first = next(iter(errors.values()))
-        more = f" ({len(errors) - 1} more failed case(s): {sorted(errors)[1:6]})" if len(errors) > 1 else ""
-        raise ADInputError(first + more)
+        failed = sorted(errors)
+        more = f" ({len(failed) - 1} more failed case(s): {failed[1:6]})" if len(failed) > 1 else ""
+        raise ADInputError(errors[failed[0]] + more)
     return ctx.folder
 
 

@@ -1,0 +1,225 @@
+"""ADTrainer through nnU-Net's own entry points, on the tiny phantom configuration."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from ad_nnunet import ext_trainer_dir
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.plans_presets import apply_preset
+
+CONFIG = "3d_tiny"
+
+
+@pytest.fixture
+def tiny(phantom_copy, monkeypatch):
+    ds = phantom_copy()
+    apply_preset(ds["dataset_id"], "tiny")
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_dir())
+    return ds
+
+
+def make_trainer(ds, name="ADTrainer_tiny", continue_training=False):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    return get_trainer_from_args(str(ds["dataset_id"]), CONFIG, 0, name, "nnUNetPlans",
+                                 continue_training=continue_training, device=torch.device("cpu"))
+
+
+def output_folder(ds, trainer="ADTrainer_tiny"):
+    return os.path.join(os.environ["nnUNet_results"], ds["dataset_name"], f"{trainer}__nnUNetPlans__{CONFIG}",
+                        "fold_0")
+
+
+def run_cli(args, **kwargs):
+    return subprocess.run(args, env=dict(os.environ), capture_output=True, text=True, **kwargs)
+
+
+def test_stock_commands_train_validate_and_predict(tiny, tmp_path):
+    train = run_cli(["nnUNetv2_train", str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_tiny",
+                     "-device", "cpu"])
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    out = output_folder(tiny)
+    for f in ("checkpoint_final.pth", "progress.png", "ad_progress.png", "ad_split.json",
+              "validation/summary.json"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    log = open(next(os.path.join(out, f) for f in os.listdir(out) if f.startswith("training_log"))).read()
+    assert "A&D: L_deno" in log and "class_weights" in log
+    split = json.load(open(os.path.join(out, "ad_split.json")))
+    assert len(split["labeled"]) > 0 and len(split["unlabeled"]) > 0
+
+    val = run_cli(["nnUNetv2_train", str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_tiny",
+                   "-device", "cpu", "--val"])
+    assert val.returncode == 0, val.stderr[-3000:]
+
+    images = os.path.join(tiny["raw"], "imagesTs")
+    pred = run_cli(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path), "-d", str(tiny["dataset_id"]),
+                    "-c", CONFIG, "-tr", "ADTrainer_tiny", "-f", "0", "-device", "cpu", "--disable_tta"])
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    for name in sorted(os.listdir(images)):
+        src = sitk.ReadImage(os.path.join(images, name))
+        seg = sitk.ReadImage(str(tmp_path / name.replace("_0000", "")))
+        assert seg.GetSize() == src.GetSize()
+        np.testing.assert_allclose(seg.GetSpacing(), src.GetSpacing())
+        np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin())
+        np.testing.assert_allclose(seg.GetDirection(), src.GetDirection())
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_restores_every_piece_of_state(tiny, monkeypatch):
+    trainer = make_trainer(tiny)
+    original_epoch_start = trainer.on_epoch_start
+
+    def stop_in_second_epoch():
+        if trainer.current_epoch == 1:
+            raise Interrupt
+        original_epoch_start()
+
+    monkeypatch.setattr(trainer, "on_epoch_start", stop_in_second_epoch)
+    with pytest.raises(Interrupt):
+        trainer.run_training()
+    checkpoint = torch.load(os.path.join(output_folder(tiny), "checkpoint_latest.pth"), weights_only=False)
+    saved_weights = {k: v.clone() for k, v in trainer.core.state_dict().items()}
+    saved_rng = checkpoint["ad_state"]["rng"]["torch"]
+    assert checkpoint["current_epoch"] == 1
+    assert any(k.startswith("difficulty.") for k in checkpoint["network_weights"])
+
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    resumed = make_trainer(tiny, continue_training=True)
+    maybe_load_checkpoint(resumed, True, False, None)
+    assert resumed.current_epoch == 1
+    for k, v in resumed.core.state_dict().items():
+        torch.testing.assert_close(v, saved_weights[k], msg=k)
+    assert torch.equal(resumed.core.difficulty.weights, trainer.core.difficulty.weights)
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    opt_a, opt_b = trainer.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for k in opt_a:
+        torch.testing.assert_close(opt_a[k]["momentum_buffer"], opt_b[k]["momentum_buffer"])
+    log = resumed.logger.local_logger.my_fantastic_logging
+    assert len(log["L_u"]) == 1 and len(log["class_weights"]) == 1
+    resumed.run_training()
+    assert resumed.current_epoch == 2
+    assert len(resumed.logger.local_logger.my_fantastic_logging["L_u"]) == 2
+
+
+def test_sigkill_mid_training_then_continue(tiny, tmp_path):
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "kill_test_trainers.py").write_text(
+        "from ad_nnunet.training.variants import ADTrainer_tiny\n\n"
+        "class ADTrainer_killtest(ADTrainer_tiny):\n"
+        "    def __init__(self, plans, configuration, fold, dataset_json, device=None):\n"
+        "        super().__init__(plans, configuration, fold, dataset_json, device)\n"
+        "        self.num_epochs = 40\n")
+    env = dict(os.environ, nnUNet_extTrainer=os.pathsep.join([str(ext), ext_trainer_dir()]))
+    cmd = ["nnUNetv2_train", str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_killtest", "-device", "cpu"]
+    latest = os.path.join(output_folder(tiny, "ADTrainer_killtest"), "checkpoint_latest.pth")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not os.path.isfile(latest) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it get into a later epoch (and possibly into a checkpoint write)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.isfile(latest), "training never wrote checkpoint_latest.pth"
+    killed_at = torch.load(latest, weights_only=False)["current_epoch"]  # loads: the write was atomic
+    assert 1 <= killed_at < 40
+    resume = subprocess.run(cmd + ["--c"], env=env, capture_output=True, text=True, timeout=500)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    final = torch.load(latest.replace("latest", "final"), weights_only=False)
+    assert final["current_epoch"] == 40
+    # the resumed run started where the checkpoint was, not from scratch
+    assert len(final["logging"]["L_u"]) == 40
+
+
+def test_nan_loss_skips_the_step_and_training_goes_on(tiny):
+    trainer = make_trainer(tiny)
+    trainer.on_train_start()
+    trainer.on_epoch_start()
+    trainer.on_train_epoch_start()
+    real_terms = trainer.loss_terms
+
+    def nan_terms(*args):
+        terms = real_terms(*args)
+        terms["L_u"] = terms["L_u"] * float("nan")
+        return terms
+
+    trainer.loss_terms = nan_terms
+    before = {k: v.clone() for k, v in trainer.core.named_parameters() if not k.startswith("decoder.")}
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out["skipped"] == 1.0 and trainer.skipped_steps == 1
+    for k, v in trainer.core.named_parameters():
+        if k in before:  # D_theta's EMA update happens before the loss; everything else must be untouched
+            assert torch.equal(v, before[k]), k
+    trainer.loss_terms = real_terms
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert out["skipped"] == 0.0 and np.isfinite(out["loss"])
+    trainer.on_train_end()
+
+
+def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny):
+    trainer = make_trainer(tiny)
+    trainer.on_train_start()
+    batch = next(trainer.dataloader_train)
+    unlabeled = next(trainer.dataloader_unlabeled)["data"]
+    logits_xi = trainer.diffusion_pseudo_logits(unlabeled)
+    assert not logits_xi.requires_grad
+    terms = trainer.loss_terms(batch["data"], batch["target"].long(), unlabeled)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    terms["L_u"].backward()
+    grads = {k: p.grad for k, p in trainer.core.named_parameters() if p.requires_grad}
+    assert all(grads[k] is not None for k in grads if k.startswith(("encoder.", "decoder.")))
+    assert all(grads[k] is None for k in grads if k.startswith(("decoder_psi.", "decoder_xi.", "stem_diffusion.")))
+    trainer.on_train_end()
+
+
+ABLATIONS = {
+    "ADTrainer_noSVDA": {"use_svda": False},
+    "ADTrainer_noDRS": {"use_difficulty_weights": False},
+    "ADTrainer_noRS": {"use_rs_fusion": False},
+    "ADTrainer_noDiffusion": {},
+}
+IGNORED = {"logger", "log_file", "my_init_kwargs", "output_folder", "output_folder_base", "network",
+           "optimizer", "lr_scheduler", "grad_scaler", "loss", "label_manager", "plans_manager",
+           "configuration_manager", "dataset_json", "plans", "smoothing", "diffusion", "dataset_class"}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_differs_from_ADTrainer_only_in_its_part(tiny, name):
+    reference, ablation = make_trainer(tiny, "ADTrainer"), make_trainer(tiny, name)
+    ours, theirs = vars(ablation), vars(reference)
+    differing = {k: ours[k] for k in ours if k not in IGNORED and ours[k] != theirs.get(k)}
+    assert differing == ABLATIONS[name]
+    assert type(ablation).with_diffusion_stream == (name != "ADTrainer_noDiffusion")
+    # it trains (a few tiny steps)
+    for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "ddim_steps"):
+        setattr(ablation, key, {"num_epochs": 1, "num_iterations_per_epoch": 2,
+                                "num_val_iterations_per_epoch": 1, "ddim_steps": 2}[key])
+    ablation.run_training()
+    assert len(ablation.logger.local_logger.my_fantastic_logging["L_u"]) == 1
+    if name == "ADTrainer_noDRS":
+        assert torch.equal(ablation.core.difficulty.weights, torch.ones_like(ablation.core.difficulty.weights))
+    if name == "ADTrainer_noSVDA":
+        from ad_nnunet.method.svda import SVDATransform
+        assert not any(isinstance(t, SVDATransform) for t in ablation.dataloader_train.data_loader.transforms.transforms)
+
+
+def test_dataset_without_unlabeled_cases_is_a_clear_error(tiny):
+    import shutil
+
+    shutil.rmtree(os.path.join(tiny["raw"], "imagesUnlabeled"))
+    trainer = make_trainer(tiny)
+    with pytest.raises(ADInputError, match="no unlabeled cases"):
+        trainer.on_train_start()
