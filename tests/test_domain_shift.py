@@ -332,6 +332,9 @@ def test_cli_simulate_and_error_exit(src, tmp_path, monkeypatch, capsys):
     raw.mkdir()
     src.rename(raw / src.name)
     monkeypatch.setenv("nnUNet_raw", str(raw))
+    # nnU-Net resolves dataset ids in raw, preprocessed AND results: isolate all three from other tests' datasets
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     rc = main(["simulate", "-i", "900", "-d", "250", "-n", "Cli", "--domains", "A=identity", "B=vendorB",
                'C={"gamma": 1.2}', "--heldout", "C", "--unlabeled", "B", "--unlabeled_folder", "--seed", "2"])
     printed = capsys.readouterr().out

@@ -1,0 +1,204 @@
+"""benchmarks/: the SSL benchmark runner end to end on the phantom, LA preparation, and the GPU-tier packaging."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ad_nnunet.errors import ADInputError
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import pack_gpu_tier  # noqa: E402
+import prepare_la  # noqa: E402
+import run_ssl_benchmark as rsb  # noqa: E402
+
+
+@pytest.fixture
+def bench_dataset(phantom_copy, tmp_path):
+    """A planned phantom copy with labeled/unlabeled lists (2 labeled, 4 hidden-label) and its test folders."""
+    ds = phantom_copy()
+    train = sorted(f.name[: -len("_0000.nii.gz")] for f in Path(ds["raw"], "imagesTr").iterdir())
+    (tmp_path / "labeled.txt").write_text("\n".join(train[:2]) + "\n")
+    (tmp_path / "unlabeled.txt").write_text("\n".join(train[2:]) + "\n")
+    return ds
+
+
+def bench_args(ds, tmp_path, out="out", extra=()):
+    return ["--dataset", ds["dataset_name"], "--labeled", str(tmp_path / "labeled.txt"),
+            "--unlabeled", str(tmp_path / "unlabeled.txt"), "--test_images", str(Path(ds["raw"], "imagesTs")),
+            "--test_labels", str(Path(ds["raw"], "labelsTs")), "--preset", "tiny", "--steps", "4",
+            "--iterations_per_epoch", "2", "--ddim_steps", "2", "--device", "cpu", "--np", "1",
+            "--out", str(tmp_path / out), *extra]
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_then_rerun_skips_everything(bench_dataset, tmp_path, capsys):
+    ds = bench_dataset
+    assert rsb.main(bench_args(ds, tmp_path)) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert [m["key"] for m in report["methods"]] == ["ad", "labeled_only", "full"]
+    assert report["budget"]["optimizer_steps_per_run"] == 4 and report["budget"]["num_epochs"] == 2
+    for m in report["methods"]:
+        assert 0.0 <= m["metrics"]["Dice"]["mean"] <= 1.0 and m["train_wall_s"] > 0 and m["predict_wall_s"] > 0
+    md = (out / "report.md").read_text()
+    for label in ("A&D (ADTrainer)", "nnU-Net, labeled only", "nnU-Net, all labels (upper bound)", "Gap closure",
+                  "90.31", "optimizer steps"):
+        assert label in md, label
+    assert report["gap_closure"] == rsb.gap_closure(*(m["metrics"]["Dice"]["mean"] for m in report["methods"]))
+
+    # every run trained exactly the budget, with its final checkpoint, on the right fold
+    for m in report["methods"]:
+        folder = Path(m["model_folder"])
+        assert folder.name == f"fold_{m['fold']}" and (folder / "checkpoint_final.pth").is_file()
+    state = json.loads((out / "state.json").read_text())
+    assert all(s["status"] == "done" for s in state["stages"].values())
+    assert all(state["stages"][f"train_{k}"]["epochs_completed"] == 2 for k in ("ad", "labeled_only", "full"))
+
+    # the hold-out never reaches settings or splits; fold 1 = all labels, fold 0 = labeled only
+    test_ids = report["split"]["test"]
+    assert test_ids
+    settings_text = Path(ds["preprocessed"], "ad_settings.json").read_text()
+    splits = json.loads(Path(ds["preprocessed"], "splits_final.json").read_text())
+    assert not any(t in settings_text or t in json.dumps(splits) for t in test_ids)
+    labeled = (tmp_path / "labeled.txt").read_text().split()
+    unlabeled = (tmp_path / "unlabeled.txt").read_text().split()
+    assert splits[0]["train"] == labeled and splits[1]["train"] == sorted(labeled + unlabeled)
+
+    # rerun: every stage is skipped, nothing is retrained
+    mtime = os.path.getmtime(Path(report["methods"][0]["model_folder"]) / "checkpoint_final.pth")
+    capsys.readouterr()
+    assert rsb.main(bench_args(ds, tmp_path)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already complete, skipped") == len(state["stages"])
+    assert os.path.getmtime(Path(report["methods"][0]["model_folder"]) / "checkpoint_final.pth") == mtime
+    assert len(json.loads((out / "state.json").read_text())["invocations"]) == 2
+
+    # another budget in the same --out is refused
+    with pytest.raises(ADInputError, match="other settings"):
+        rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path)[:-10] + [
+            "--steps", "6", "--iterations_per_epoch", "2", "--ddim_steps", "2", "--device", "cpu", "--np", "1",
+            "--out", str(out)]), "cmd")
+
+
+def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(bench_dataset, tmp_path, monkeypatch,
+                                                                            capsys):
+    """No training here: the commands are recorded instead of run."""
+    ds = bench_dataset
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path))
+    args.n_proc_da = 0
+    bench = rsb.Benchmark(args, "cmd")
+    method = rsb.METHODS[1]
+    stage = f"train_{method.key}"
+    bench.state["stages"][stage] = {"status": "started", "attempts_s": [None]}  # as left by a killed run
+    calls = []
+
+    def fake_run_cmd(name, cmd):
+        calls.append(cmd)
+        folder = bench.model_folder(method)
+        folder.mkdir(parents=True, exist_ok=True)
+        import torch
+        torch.save({"current_epoch": 1, "logging": {"epoch_start_timestamps": [0.0, 2.0],
+                                                    "epoch_end_timestamps": [1.0, 3.5]}},
+                   folder / "checkpoint_final.pth")
+        return 3.0
+
+    monkeypatch.setattr(bench, "run_cmd", fake_run_cmd)
+    entry = bench.stage(stage, bench.train(method))
+    assert calls[0][-1] == "--c" and entry["wall_s"] == 3.0 and entry["epoch_time_s"] == 2.5
+    assert json.loads((tmp_path / "out" / "state.json").read_text())["stages"][stage]["status"] == "done"
+
+    monkeypatch.undo()
+    monkeypatch.setenv("PATH", os.environ["PATH"])
+    bench.state["stages"].pop("plan", None)
+    bad = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(rsb.StageError) as err:
+        bench.stage("plan", lambda entry: {"wall_s": bench.run_cmd("plan", bad)})
+    assert "stage 'plan' failed" in str(err.value) and str(tmp_path / "out" / "logs" / "plan.log") in str(err.value)
+    assert "boom" in (tmp_path / "out" / "logs" / "plan.log").read_text()
+    assert json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["plan"]["status"] == "started"
+
+
+def test_holdout_leak_and_bad_inputs_are_refused(bench_dataset, tmp_path):
+    ds = bench_dataset
+    parser = rsb.build_parser()
+    # a test folder that contains training cases
+    args = parser.parse_args(bench_args(ds, tmp_path))
+    args.test_images, args.n_proc_da = Path(ds["raw"], "imagesTr"), 0
+    with pytest.raises(ADInputError, match="Hold-out case"):
+        rsb.Benchmark(args, "cmd")
+    (tmp_path / "bad.txt").write_text("no_such_case\n")
+    args = parser.parse_args(bench_args(ds, tmp_path))
+    args.labeled, args.n_proc_da = tmp_path / "bad.txt", 0
+    with pytest.raises(ADInputError, match="not in"):
+        rsb.Benchmark(args, "cmd")
+    args = parser.parse_args(bench_args(ds, tmp_path) + ["--configuration", "3d_fullres"])
+    args.n_proc_da = 0
+    with pytest.raises(ADInputError, match="differs from preset"):
+        rsb.Benchmark(args, "cmd")
+
+
+def test_budget_and_gap_closure():
+    b = rsb.Budget(steps=101, iterations_per_epoch=50, ddim_steps=10)
+    assert (b.num_epochs, b.total_steps) == (3, 150)
+    assert b.trainer_name("ad") == "BenchADTrainer_3x50_ddim10" and b.trainer_name("nnunet") == "BenchnnUNetTrainer_3x50"
+    assert rsb.gap_closure(0.85, 0.80, 0.90) == pytest.approx(0.5)
+    assert rsb.gap_closure(0.75, 0.80, 0.90) == pytest.approx(-0.5)
+    assert rsb.gap_closure(0.85, 0.80, 0.80) is None and rsb.gap_closure(0.85, 0.80, 0.70) is None
+    assert rsb.gap_closure(None, 0.8, 0.9) is None
+
+
+def _fake_la(root: Path, n: int = 10) -> Path:
+    """A miniature Dataset101_LA: n cases of 4x5x6 voxels, lists with 2 labeled / n-2 unlabeled cases."""
+    import SimpleITK as sitk
+
+    src = root / "Dataset101_LA"
+    for sub in ("imagesTr", "labelsTr", "splits"):
+        (src / sub).mkdir(parents=True)
+    ids = [f"LA_{i:02d}" for i in range(n)]
+    for c in ids:
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8)), str(src / "imagesTr" / f"{c}_0000.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8)), str(src / "labelsTr" / f"{c}.nii.gz"))
+    (src / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "la": 1},
+                                                  "numTraining": n, "file_ending": ".nii.gz"}))
+    (src / "splits" / "labeled_0.1.txt").write_text("\n".join(ids[:2]) + "\n")
+    (src / "splits" / "unlabeled_0.1.txt").write_text("\n".join(ids[2:]) + "\n")
+    return src
+
+
+def test_prepare_la_holdout_from_unlabeled_atomic_and_no_overwrite(tmp_path):
+    src = _fake_la(tmp_path / "shared")
+    raw = tmp_path / "raw"
+    target = prepare_la.prepare(src, raw, "0.1", holdout=3, seed=0)
+    split = json.loads((target / "benchmark_split.json").read_text())
+    unlabeled_src = (src / "splits" / "unlabeled_0.1.txt").read_text().split()
+    assert split["test"] == prepare_la.draw_holdout(unlabeled_src, 3, 0) and set(split["test"]) <= set(unlabeled_src)
+    assert split["labeled"] == ["LA_00", "LA_01"] and len(split["unlabeled"]) == 5
+    tr = sorted(f.name for f in (target / "imagesTr").iterdir())
+    ts = sorted(f.name for f in (target / "imagesTs").iterdir())
+    assert len(tr) == 7 and len(ts) == 3 and not set(tr) & set(ts)
+    assert sorted(f.name for f in (target / "labelsTs").iterdir()) == [f"{c}.nii.gz" for c in split["test"]]
+    assert json.loads((target / "dataset.json").read_text())["numTraining"] == 7
+    assert (target / "splits" / "unlabeled.txt").read_text().split() == split["unlabeled"]
+    assert [p.name for p in raw.iterdir()] == [target.name]  # no temp folder left behind
+    with pytest.raises(ADInputError, match="already exists"):
+        prepare_la.prepare(src, raw, "0.1", holdout=3, seed=0)
+    target = prepare_la.prepare(src, raw, "0.1", holdout=3, seed=1, overwrite=True)
+    assert json.loads((target / "benchmark_split.json").read_text())["seed"] == 1
+    with pytest.raises(ADInputError, match="between 1 and"):
+        prepare_la.prepare(src, raw, "0.1", holdout=8, seed=0, overwrite=True)
+
+
+def test_gpu_tier_script_syntax_and_pack_size_check(tmp_path):
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_tier.sh")]).returncode == 0
+    (tmp_path / "a.bin").write_bytes(os.urandom(3000))
+    (tmp_path / "b.bin").write_bytes(os.urandom(2000))
+    assert pack_gpu_tier.folder_size(tmp_path) == 5000
+    pack_gpu_tier.check_size(tmp_path, limit_bytes=5000)
+    with pytest.raises(ADInputError, match="over"):
+        pack_gpu_tier.check_size(tmp_path, limit_bytes=4999)
