@@ -223,3 +223,29 @@ def test_dataset_without_unlabeled_cases_is_a_clear_error(tiny):
     trainer = make_trainer(tiny)
     with pytest.raises(ADInputError, match="no unlabeled cases"):
         trainer.on_train_start()
+
+
+def test_2d_configuration_trains_and_predicts(phantom_copy, monkeypatch, tmp_path):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    ds = phantom_copy()
+    configuration = apply_preset(ds["dataset_id"], "tiny_2d", preprocess=True)
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_dir())
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(str(ds["dataset_id"]), configuration, 0, "ADTrainer_tiny", "nnUNetPlans",
+                                    device=torch.device("cpu"))
+    trainer.num_epochs = 1
+    trainer.run_training()
+    assert len(trainer.configuration_manager.patch_size) == 2
+    assert len(trainer.logger.local_logger.my_fantastic_logging["L_u"]) == 1
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(trainer.output_folder_base, (0,), "checkpoint_final.pth")
+    images = os.path.join(ds["raw"], "imagesTs")
+    case = sorted(os.listdir(images))[0]
+    predictor.predict_from_files([[os.path.join(images, case)]], [str(tmp_path / "seg")], save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    seg = sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
+    assert seg.GetSize() == sitk.ReadImage(os.path.join(images, case)).GetSize()

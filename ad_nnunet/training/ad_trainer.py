@@ -47,6 +47,8 @@ class ADTrainer(nnUNetTrainer):
     # A class attribute, not an instance one: nnU-Net's predictor builds the network through the class without
     # instantiating the trainer, and the checkpoint's keys depend on whether the diffusion stream exists.
     with_diffusion_stream = True
+    # Variants override attributes set in __init__ by name (see variants.py).
+    overrides: Dict[str, object] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -78,6 +80,10 @@ class ADTrainer(nnUNetTrainer):
         self.smoothing_kernel_size = 3
         self.smoothing_sigma = 1.0
         self.seed = 12345
+        for name, value in self.overrides.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"{type(self).__name__}.overrides names unknown attribute {name!r}")
+            setattr(self, name, value)
 
         self.dataloader_unlabeled = None
         self.fold_split = None
