@@ -26,7 +26,7 @@ collect() {
     # training logs and progress plots of the three runs
     find "$WORK/nnUNet_results" \( -name 'training_log*.txt' -o -name '*progress.png' -o -name ad_split.json \) \
       -exec cp --parents {} "$WORK/collect/" \; 2>/dev/null || true
-    tar -C "$WORK/collect" -cJf "$OUT/logs.tar.xz" . 2>/dev/null || true
+    $PY -c "import tarfile; tarfile.open('$OUT/logs.tar.xz', 'w:xz').add('$WORK/collect', arcname='.')" || true
   fi
   echo "gpu_tier: results in $OUT ($(ls "$OUT" | tr '\n' ' '))"
 }

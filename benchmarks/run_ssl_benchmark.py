@@ -315,6 +315,7 @@ class Benchmark:
             raise ADInputError(f"Hold-out case(s) {leaked[:5]} are also in imagesTr/imagesUnlabeled of "
                                f"{self.dataset}: they would enter planning and training. Fix: remove them from the "
                                f"training folders (e.g. rebuild the dataset with benchmarks/prepare_la.py).")
+        self.train_ids = train_ids
         self.unused = [c for c in train_ids if c not in set(self.labeled) | set(self.unlabeled)]
         self.extra_unlabeled = unl_ids
 
@@ -411,7 +412,11 @@ class Benchmark:
             return None
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        return self.pre / PlansManager(str(plans_file)).get_configuration(self.configuration).data_identifier
+        plans = PlansManager(str(plans_file))
+        if self.configuration not in plans.available_configurations:
+            raise ADInputError(f"Configuration {self.configuration} is not in {plans_file} (available: "
+                               f"{plans.available_configurations}). Fix: pick one of those with --configuration.")
+        return self.pre / plans.get_configuration(self.configuration).data_identifier
 
     def plan(self, entry: dict) -> dict:
         if (self.pre / f"{PLANS}.json").is_file():
@@ -422,17 +427,28 @@ class Benchmark:
                "-np", str(self.args.np)] + (["--no_pp"] if self.preset else [])
         return {"command": shlex.join(cmd), "wall_s": self.run_cmd("plan", cmd)}
 
+    def _preprocessed_complete(self) -> bool:
+        folder = self._data_folder()
+        return folder is not None and folder.is_dir() and len(list(folder.glob("*.pkl"))) == len(self.train_ids)
+
     def preprocess(self, entry: dict) -> dict:
         if self.preset:
             cmd = ["adnnunet_apply_preset", "-d", self.dataset, "--preset", self.args.preset, "--preprocess",
                    "-np", str(self.args.np), "--overwrite"]
         else:
-            folder = self._data_folder()
-            if folder is not None and folder.is_dir() and any(folder.glob("*.pkl")):
-                return {"skipped": True}
             cmd = ["nnUNetv2_preprocess", "-d", str(self.dataset_id), "-c", self.configuration,
                    "-np", str(self.args.np)]
-        return {"command": shlex.join(cmd), "wall_s": self.run_cmd("preprocess", cmd)}
+            if self._preprocessed_complete():
+                return {"skipped": True}
+        wall = 0.0
+        for _ in range(2):  # a folder left incomplete by an interrupted run is removed and preprocessed again
+            wall += self.run_cmd("preprocess", cmd)
+            if self._preprocessed_complete():
+                return {"command": shlex.join(cmd), "wall_s": round(wall, 2)}
+            if self._data_folder() is not None and self._data_folder().is_dir():
+                shutil.rmtree(self._data_folder())
+        raise StageError(f"stage 'preprocess': {self._data_folder()} does not hold all {len(self.train_ids)} "
+                         f"imagesTr cases after preprocessing. See {self.logs / 'preprocess.log'}.")
 
     def settings(self, entry: dict) -> dict:
         cmd = ["adnnunet_make_settings", "-d", self.dataset, "--setting", "ssl",
@@ -495,7 +511,7 @@ class Benchmark:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         log = ckpt.get("logging", {})
         starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
-        facts = {"epochs_completed": int(ckpt.get("current_epoch", -1)) + 1,
+        facts = {"epochs_completed": len(ends),
                  "epoch_time_s": round(float(sum(e - s for s, e in zip(starts, ends))), 2)}
         if "ad_state" in ckpt:
             facts["skipped_steps"] = int(ckpt["ad_state"].get("skipped_steps", 0))
@@ -548,7 +564,8 @@ class Benchmark:
             rows.append({"key": m.key, "method": m.label, "trainer": b.trainer_name(m.kind), "fold": m.fold,
                          "training_data": m.data, "metrics": metrics, "train_wall_s": train["wall_s"],
                          "train_epoch_time_s": train.get("epoch_time_s"), "predict_wall_s": pred["wall_s"],
-                         "skipped_steps": train.get("skipped_steps"), "model_folder": str(self.model_folder(m))})
+                         "skipped_steps": train.get("skipped_steps"), "train_attempts": len(train["attempts_s"]),
+                         "model_folder": str(self.model_folder(m))})
         dice = {r["key"]: r["metrics"]["Dice"]["mean"] for r in rows}
         gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
         report = {
@@ -644,6 +661,9 @@ def render_markdown(r: dict) -> str:
               f"- Environment: " + ", ".join(f"{k}={v}" for k, v in r["env"].items()) + "."]
     for row in r["methods"]:
         extra = f", {row['skipped_steps']} non-finite steps skipped" if row["skipped_steps"] is not None else ""
+        if row["train_attempts"] > 1:
+            extra += (f"; trained in {row['train_attempts']} attempts (resumed with --c; the wall time of "
+                      f"interrupted attempts is not counted, the epoch time covers all epochs)")
         lines.append(f"- {row['method']}: `{row['trainer']}` fold {row['fold']} ({row['training_data']}); "
                      f"epoch time {row['train_epoch_time_s']} s{extra}; model {row['model_folder']}")
     lines += ["", "## Split", "",

@@ -249,3 +249,25 @@ def test_2d_configuration_trains_and_predicts(phantom_copy, monkeypatch, tmp_pat
                                  num_processes_segmentation_export=1)
     seg = sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
     assert seg.GetSize() == sitk.ReadImage(os.path.join(images, case)).GetSize()
+
+
+def test_hidden_label_cases_reach_training_only_as_images(tiny):
+    """With ad_settings.json hiding labels of imagesTr cases, the labeled loader sees only the labeled cases and the
+    unlabeled loader reads only image-only preprocessed data (poisoned labels change nothing: test_loaders)."""
+    from ad_nnunet.data.settings import load_fold, make_settings
+    from ad_nnunet.data.unlabeled_preprocessing import unlabeled_folder
+
+    make_settings(tiny["dataset_id"], "ssl", num_labeled=2, num_val=1, seed=3)
+    fold = load_fold(tiny["dataset_id"], 0)
+    hidden = set(fold.unlabeled) - {c for c in fold.unlabeled if c.startswith("unl_")}
+    assert hidden, "the phantom's imagesTr cases beyond the 2 labeled ones must be hidden"
+    trainer = make_trainer(tiny)
+    trainer.on_train_start()
+    assert set(trainer.dataloader_train.data_loader._data.identifiers) == set(fold.labeled)
+    assert set(trainer.dataloader_unlabeled.data_loader._data.identifiers) == set(fold.unlabeled)
+    assert trainer.dataloader_unlabeled.data_loader._data.source_folder == \
+        unlabeled_folder(tiny["dataset_id"], CONFIG)
+    assert not set(fold.val) & (set(fold.labeled) | set(fold.unlabeled))
+    trainer.on_train_end()
+    recorded = json.load(open(os.path.join(output_folder(tiny), "ad_split.json")))
+    assert sorted(recorded["unlabeled"]) == sorted(fold.unlabeled)
