@@ -40,7 +40,7 @@ $PY benchmarks/pack_gpu_tier.py --verify "$PAYLOAD"
 $PY -c "import sys; sys.path.insert(0, 'benchmarks'); import pack_gpu_tier as p; from pathlib import Path; \
 p.extract(Path('$PAYLOAD/wheels.tar.xz'), Path('$WORK/wheels')); p.extract(Path('$PAYLOAD/data.tar.xz'), Path('$WORK/nnUNet_raw'))"
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --find-links "$WORK/wheels" \
-  --target "$WORK/site" "$WORK"/wheels/*.whl
+  --target "$WORK/site" "$WORK"/wheels/*.whl "$PAYLOAD"/ad_nnunet-*.whl
 export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PATH=$WORK/site/bin:$PATH
 $PY -c "import nnunetv2.run.run_training, nnunetv2.inference.predict_from_raw_data, SimpleITK, blosc2, cc3d, medpy.metric
 import ad_nnunet.training.ad_trainer, ad_nnunet.evaluation.metrics, torch

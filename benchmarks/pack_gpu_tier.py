@@ -6,7 +6,8 @@ to the device call with ``carry``) holds:
 
 * ``wheels.tar.xz``: the wheels of every distribution the image lacks (``WHEELS`` below, pinned to the versions
   installed here), re-zipped without compression so that xz compresses their contents (SimpleITK's 53 MB wheel
-  becomes about 28 MB), plus a wheel of ad-nnunet itself built from this working tree.
+  becomes about 28 MB); nibabel's test suites are left out.
+* ``ad_nnunet-<version>-py3-none-any.whl``: ad-nnunet itself, built from this working tree on every pack.
 * ``data.tar.xz``: the LA benchmark as a raw nnU-Net dataset ``Dataset<id>_<name>gpu``. Its training images and
   labels (labeled + hidden-label cases) are resampled once here by ``spacing_factor`` (default 2: 1.25 mm, the
   ``la_cpu`` preset's spacing) with nnU-Net's own resampling (order 3 for images, rounded back to the source's
@@ -15,6 +16,9 @@ to the device call with ``carry``) holds:
   Files are uncompressed ``.nii`` inside an xz stream with a delta filter.
 * ``manifest.json``: versions, sha256 of every file, the source digest of the ad-nnunet code the wheel was built
   from (``gpu_tier.sh`` refuses a payload that does not match the working tree), the commit, and the sizes.
+
+The two archives take minutes to compress; they are cached in ``--cache`` under a hash of what determines them
+(pinned versions and Python, or the split and resampling), so re-packing after a code change takes seconds.
 
 Why not the preprocessed data: nnU-Net stores it as float32 (z-scored, spline-resampled values that barely
 compress); even the la_cpu configuration is about 80 MB for the 68 training cases, and SimpleITK alone takes 28 MB of
@@ -70,6 +74,7 @@ STRIP = {"nibabel": re.compile(r"nibabel/(?:[^/]+/)*tests/")}
 BINARY = {"simpleitk", "blosc2", "ndindex", "numexpr", "connected-components-3d"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64")
+DATA_FORMAT = 1  # bump when the content of the cached archives changes
 SOURCE_GLOBS = ("ad_nnunet/**/*.py", "trainers/*.py", "plans/*.json", "setup.py")
 # Not part of the working tree that travels (.gitignore'd or git's own).
 _NOT_TRAVELLING = {".git", "__pycache__", ".pytest_cache", "build", "dist", "benchmark_runs"}
@@ -154,7 +159,7 @@ def _stored_copy(src: Path, dst: Path, drop: Optional[re.Pattern] = None) -> int
 
 
 def build_wheels(dest: Path, cache: Path, python_version: str, log: Path) -> Dict[str, dict]:
-    """Download/build the wheels into ``cache`` (reused), store uncompressed copies in ``dest``."""
+    """Download/build the third-party wheels into ``cache`` (reused), store uncompressed copies in ``dest``."""
     from importlib.metadata import version
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -166,20 +171,10 @@ def build_wheels(dest: Path, cache: Path, python_version: str, log: Path) -> Dic
     platform_args = [a for p in PLATFORMS for a in ("--platform", p)]
     _pip(["download", "--no-deps", "-q", "--only-binary=:all:", "--python-version", python_version,
           "--implementation", "cp", *platform_args, "-d", str(cache), *binary], log)
-    own = cache / "own"
-    shutil.rmtree(own, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as tmp:  # a copy, so that the build leaves nothing in the repository
-        src = Path(tmp) / "src"
-        for rel in ("ad_nnunet", "trainers", "plans"):
-            shutil.copytree(REPO / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
-        for rel in ("setup.py", "README.md"):
-            shutil.copy2(REPO / rel, src / rel)
-        _pip(["wheel", "--no-deps", "-q", "-w", str(own), str(src)], log)
     wanted = {re.sub(r"[-_.]+", "_", n).lower(): (n, v) for n, v in pins.items()}
-    wanted["ad_nnunet"] = ("ad-nnunet", version("ad-nnunet"))
     tag = "cp" + python_version.replace(".", "")
     out = {}
-    for whl in sorted(list(cache.glob("*.whl")) + list(own.glob("*.whl"))):
+    for whl in sorted(cache.glob("*.whl")):
         dist, ver = whl.name.split("-")[:2]
         key = dist.lower()
         if key not in wanted or ver != wanted[key][1]:
@@ -187,14 +182,40 @@ def build_wheels(dest: Path, cache: Path, python_version: str, log: Path) -> Dic
         if wanted[key][0] in BINARY and not (f"-{tag}-" in whl.name or "-abi3-" in whl.name):
             continue  # a wheel for another Python left in the cache
         dropped = _stored_copy(whl, dest / whl.name, STRIP.get(wanted[key][0]))
-        out[whl.name] = {"distribution": wanted[key][0], "version": ver,
-                         "why": WHEELS.get(wanted[key][0], "the A&D plugin (this repository)")}
+        out[whl.name] = {"distribution": wanted[key][0], "version": ver, "why": WHEELS[wanted[key][0]]}
         if dropped:
             out[whl.name]["left_out"] = f"{dropped} files matching {STRIP[wanted[key][0]].pattern}"
     missing = sorted({v[0] for v in wanted.values()} - {w["distribution"] for w in out.values()})
     if missing:
         raise _input_error(f"No wheel for {missing} in {cache}. Fix: see {log}.")
     return out
+
+
+def build_own_wheel(dest: Path, log: Path) -> Path:
+    """The ad-nnunet wheel, built from a copy of this working tree's sources (so the build leaves no files here)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        for rel in ("ad_nnunet", "trainers", "plans"):
+            shutil.copytree(REPO / rel, src / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        for rel in ("setup.py", "README.md"):
+            shutil.copy2(REPO / rel, src / rel)
+        _pip(["wheel", "--no-deps", "-q", "-w", tmp, str(src)], log)
+        (whl,) = Path(tmp).glob("ad_nnunet-*.whl")
+        shutil.copy2(whl, dest / whl.name)
+    return dest / whl.name
+
+
+def _cached(cache: Path, key: dict, name: str, build) -> tuple:
+    """``build(path)`` writes an archive; it is kept in ``cache`` under a hash of ``key`` (json) and reused."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    archive = cache / f"{name}-{digest}.tar.xz"
+    info_file = archive.with_suffix(".json")
+    if not (archive.is_file() and info_file.is_file()):
+        cache.mkdir(parents=True, exist_ok=True)
+        info = build(archive)
+        info_file.write_text(json.dumps(info, indent=2))
+    return archive, json.loads(info_file.read_text())
 
 
 def _resample_case(args) -> dict:
@@ -320,14 +341,38 @@ def pack(source: Path, out: Path, cache: Path, python_version: str = "3.12", fac
     t0 = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    log = cache / "pack.log"
     try:
-        log = staging / "pip.log"
-        wheels = build_wheels(staging / "wheels", cache, python_version, log)
-        data = build_dataset(source, staging / "data", dataset_id, f"{m.group(2)}gpu", factor, num_processes)
+        from importlib.metadata import version
+
+        def wheels_archive(archive: Path) -> dict:
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                info = build_wheels(Path(tmp) / "wheels", cache / "downloads", python_version, log)
+                _write_tar_xz(Path(tmp) / "wheels", archive, delta=False)
+            return info
+
+        def data_archive(archive: Path) -> dict:
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                info = build_dataset(source, Path(tmp), dataset_id, f"{m.group(2)}gpu", factor, num_processes)
+                _write_tar_xz(Path(tmp), archive, delta=True)
+            return info
+
+        # The third-party wheels and the dataset are cached (their xz compression takes minutes); the ad-nnunet
+        # wheel is rebuilt on every pack from the current sources.
+        wheel_key = {"format": DATA_FORMAT, "python": python_version, "strip": {k: v.pattern for k, v in STRIP.items()},
+                     "pins": {n: version(n) for n in WHEELS}}
+        data_key = {"format": DATA_FORMAT, "factor": factor, "id": dataset_id, "source": str(source.resolve()),
+                    "split": _sha256(source / "benchmark_split.json"), "dataset": _sha256(source / "dataset.json")}
+        w_archive, wheels = _cached(cache, wheel_key, "wheels", wheels_archive)
+        d_archive, data = _cached(cache, data_key, "data", data_archive)
         payload = staging / "payload"
         payload.mkdir()
-        _write_tar_xz(staging / "wheels", payload / "wheels.tar.xz", delta=False)
-        _write_tar_xz(staging / "data", payload / "data.tar.xz", delta=True)
+        shutil.copy2(w_archive, payload / "wheels.tar.xz")
+        shutil.copy2(d_archive, payload / "data.tar.xz")
+        own = build_own_wheel(staging / "own", log)
+        _stored_copy(own, payload / own.name)
+        wheels[own.name] = {"distribution": "ad-nnunet", "version": version("ad-nnunet"),
+                            "why": "the A&D plugin, built from this working tree"}
         manifest = {"format": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
                     "source_digest": source_digest(), "python_version": python_version, "wheels": wheels,
                     "data": data,
@@ -374,7 +419,7 @@ def main(argv: Optional[list] = None) -> int:
                                                "(default $nnUNet_raw/Dataset111_LA10bench)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gpu_payload")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "adnnunet_gpu_wheels",
-                   help="wheel download cache (reused between packs)")
+                   help="cache of downloads and archives (reused between packs)")
     p.add_argument("--python_version", default="3.12", help="the device's Python (binary wheels), default 3.12")
     p.add_argument("--spacing_factor", type=float, default=2.0, help="training-image resampling factor (default 2)")
     p.add_argument("--dataset_id", type=int, help="id of the GPU dataset (default: source id + 10)")

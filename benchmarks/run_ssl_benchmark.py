@@ -21,6 +21,14 @@ evaluated (no checkpoint selection; nnU-Net's final validation is skipped). Gap 
 
 (undefined when the all-labels model is not better than the labeled-only one).
 
+Breakdowns in ``report.md``/``report.json``: Dice and HD95 per class (class names from dataset.json ``labels``) for
+every method; when dataset.json has ``"ad_domains"``, the test cases are also scored per domain (mean Dice and HD95
+per domain per method), and ``"ad_simulated": true`` puts "SIMULATED domains" in the title, a banner and the
+per-domain heading. Each A&D run's ``ad_progress.png`` (losses, mu and the DRS difficulty weights per class per
+epoch) is copied next to the report and linked as "difficulty weights trajectory". ``--setting {ssl, imbssl, uda,
+semidg}`` only changes the titles (and, for ssl, shows the paper's LA numbers); the three runs are the same in every
+setting: for UDA "labeled only" is the source-only model and "all labels" the oracle with target labels.
+
 Stages (each recorded in ``<out>/state.json`` when complete; a rerun skips completed stages and continues an
 interrupted training with ``--c``; every subprocess writes to ``<out>/logs/<stage>.log``): plan, preprocess (preset),
 settings, preprocess_unlabeled, trainers, train_*, predict_*, evaluate_*, report.
@@ -62,6 +70,14 @@ PAPER_LA = {
                         "V-Net all labels": (91.47, None, None, None)},
     "5% (4 labeled)": {"A&D": (89.93, 81.82, 5.25, 1.86)},
 }
+
+
+# --setting: only the report titles depend on it.
+SETTING_TITLES = {"ssl": "SSL benchmark", "imbssl": "Class-imbalanced SSL benchmark",
+                  "uda": "UDA benchmark (unsupervised domain adaptation)",
+                  "semidg": "SemiDG benchmark (semi-supervised domain generalisation)"}
+# Copied next to the report from each A&D run's model folder.
+AD_PROGRESS = "ad_progress.png"
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,13 @@ class Benchmark:
             raise ADInputError(f"Hold-out case(s) {leaked[:5]} are also in imagesTr/imagesUnlabeled of "
                                f"{self.dataset}: they would enter planning and training. Fix: remove them from the "
                                f"training folders (e.g. rebuild the dataset with benchmarks/prepare_la.py).")
+        self.domains = self.dataset_json.get("ad_domains") or None
+        if self.domains is not None:
+            no_domain = [c for c in self.test if c not in self.domains]
+            if no_domain:
+                raise ADInputError(f"Test case(s) {no_domain[:5]} have no domain in {self.raw / 'dataset.json'} "
+                                   f"'ad_domains', which maps the other cases. Fix: add them to 'ad_domains' (case "
+                                   f"id -> domain) or remove 'ad_domains' to report without domains.")
         self.train_ids = train_ids
         self.unused = [c for c in train_ids if c not in set(self.labeled) | set(self.unlabeled)]
         self.extra_unlabeled = unl_ids
@@ -350,12 +373,13 @@ class Benchmark:
     def log(self, msg: str) -> None:
         print(f"[{_fmt_time(time.time() - self.t0)}] {msg}", flush=True)
 
-    def env(self) -> Dict[str, str]:
+    def env(self, stage: str = "") -> Dict[str, str]:
         from ad_nnunet import ext_trainer_dir
 
         env = dict(os.environ)
         env["nnUNet_def_n_proc"] = str(self.args.np)
-        env["nnUNet_n_proc_DA"] = str(self.args.n_proc_da)
+        # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0
+        env["nnUNet_n_proc_DA"] = str(max(1, self.args.n_proc_da) if stage == "plan" else self.args.n_proc_da)
         # torch.compile: ADTrainer opts out unless nnUNet_compile=1; off for nnUNetTrainer too, for equal treatment
         env.setdefault("nnUNet_compile", "f")
         env["PYTHONUNBUFFERED"] = "1"
@@ -375,7 +399,7 @@ class Benchmark:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
             log.flush()
             t = time.time()
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env()).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(stage)).returncode
             seconds = time.time() - t
         if rc != 0:
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
@@ -544,7 +568,8 @@ class Benchmark:
 
             results = evaluate_folders(self.out / "predictions" / m.key, self.test_labels,
                                        foreground_labels(self.dataset_json, str(self.raw / "dataset.json")),
-                                       file_ending=self.ending, num_processes=self.args.np, progress=False)
+                                       file_ending=self.ending, domains=self.domains, num_processes=self.args.np,
+                                       progress=False)
             paths = write_reports(results, self.out / "evaluation" / m.key)
             fg = results["summary"]["foreground_mean"]
             return {"n_cases": results["summary"]["n_cases"], "json": str(paths["json"]),
@@ -566,10 +591,20 @@ class Benchmark:
                          "train_epoch_time_s": train.get("epoch_time_s"), "predict_wall_s": pred["wall_s"],
                          "skipped_steps": train.get("skipped_steps"), "train_attempts": len(train["attempts_s"]),
                          "model_folder": str(self.model_folder(m))})
+        class_names = self.class_names()
+        for row in rows:
+            row.update(self._breakdown(st[f"evaluate_{row['key']}"], class_names))
         dice = {r["key"]: r["metrics"]["Dice"]["mean"] for r in rows}
         gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
         report = {
             "dataset": self.dataset, "configuration": self.configuration, "preset": self.args.preset,
+            "setting": self.args.setting, "class_names": {str(k): v for k, v in class_names.items()},
+            "domains": None if self.domains is None else {
+                "source": "dataset.json ad_domains",
+                "simulated": bool(self.dataset_json.get("ad_simulated", False)),
+                "test_cases_per_domain": {d: sum(self.domains[c] == d for c in self.test)
+                                          for d in sorted({self.domains[c] for c in self.test})}},
+            "ad_progress": self.copy_ad_progress(),
             "budget": {"requested_steps": b.steps, "num_epochs": b.num_epochs,
                        "iterations_per_epoch": b.iterations_per_epoch, "optimizer_steps_per_run": b.total_steps,
                        "val_iterations_per_epoch": b.val_iterations, "ddim_steps": b.ddim_steps},
@@ -587,6 +622,45 @@ class Benchmark:
         _atomic_write_json(self.out / "report.json", report)
         _atomic_write_text(self.out / "report.md", render_markdown(report))
         return {"report": str(self.out / "report.md")}
+
+    def class_names(self) -> Dict[int, str]:
+        """``{label: name}`` of the scored foreground labels, from dataset.json's ``labels``."""
+        from ad_nnunet.evaluation.evaluate import foreground_labels
+
+        names = {v: k for k, v in self.dataset_json["labels"].items() if isinstance(v, int)}
+        return {lab: names[lab] for lab in foreground_labels(self.dataset_json, str(self.raw / "dataset.json"))}
+
+    @staticmethod
+    def _breakdown(evaluation: dict, class_names: Dict[int, str]) -> dict:
+        """Per-class and per-domain summaries of one method, read from its evaluation JSON (write_reports)."""
+        results = json.loads(Path(evaluation["json"]).read_text(encoding="utf-8"))
+
+        def per_class(summary: dict) -> dict:
+            return {name: {**{k: summary["per_class"][str(lab)][k] for k in ("Dice", "Jaccard", "HD95", "ASD")},
+                           "label": lab, "n_empty": summary["per_class"][str(lab)]["n_empty"]}
+                    for lab, name in class_names.items()}
+
+        per_domain = None
+        if "per_domain" in results:
+            per_domain = {d: {"n_cases": s["n_cases"], **s["foreground_mean"], "per_class": per_class(s)}
+                          for d, s in results["per_domain"].items()}
+        return {"per_class": per_class(results["summary"]), "per_domain": per_domain}
+
+    def copy_ad_progress(self) -> Dict[str, Optional[str]]:
+        """Copy each A&D run's ad_progress.png (losses, mu, DRS difficulty weights per class per epoch) into --out;
+        returns ``{method key: file name in --out, or None when the run wrote none}``."""
+        copied = {}
+        for m in METHODS:
+            if m.kind != "ad":
+                continue
+            src = self.model_folder(m) / AD_PROGRESS
+            name = AD_PROGRESS if m.key == "ad" else f"{m.key}_{AD_PROGRESS}"
+            if src.is_file():
+                tmp = self.out / f".{name}.tmp{os.getpid()}"
+                shutil.copy2(src, tmp)
+                os.replace(tmp, self.out / name)
+            copied[m.key] = name if src.is_file() else None
+        return copied
 
     def run(self) -> Path:
         self.log(f"benchmark {self.dataset} ({self.configuration}), {self.budget.total_steps} optimizer steps per "
@@ -615,10 +689,70 @@ def _mm(stat: dict) -> str:
     return "n/a" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
+# One line under the title of a non-ssl report: what the three runs mean in that setting.
+SETTING_ROLES = {
+    "imbssl": "Class-imbalanced SSL: few labeled cases, classes of very different size; the per-class tables show "
+              "whether the small classes profit.",
+    "uda": "UDA: labeled = source-domain cases, unlabeled = target-domain training cases (images only for A&D), "
+           "test = held-out target-domain cases. 'labeled only' = source only; 'all labels' = source + target "
+           "labels (an oracle).",
+    "semidg": "SemiDG: labeled and unlabeled cases come from the training domains; the test domain is unseen (not in "
+              "training, planning or fingerprint). 'all labels' = every training-domain label.",
+}
+
+
+def _breakdown_markdown(r: dict) -> List[str]:
+    """Per-class Dice/HD95 tables, the per-domain table and the link to A&D's difficulty-weight plot."""
+    rows = r["methods"]
+    names = list(r["class_names"].values())
+    lines = []
+    for metric, unit, fmt in (("Dice", "%", _pct), ("HD95", "mm", _mm)):
+        lines += ["", f"## Per class: {metric} ({unit})", "",
+                  "| Method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in rows:
+            lines.append(f"| {row['method']} | " + " | ".join(fmt(row["per_class"][n][metric]) for n in names) + " |")
+    empty = {n: max(row["per_class"][n]["n_empty"] for row in rows) for n in names}
+    if any(empty.values()):
+        lines += ["", "Cases where both prediction and reference are empty for a class are excluded from that "
+                  "class's mean (at most " + ", ".join(f"{n}: {k}" for n, k in empty.items() if k) + " per method)."]
+    if r.get("domains"):
+        dom = r["domains"]
+        lines += ["", "## Per domain" + (" (SIMULATED domains)" if dom["simulated"] else ""), "",
+                  "Test cases grouped by dataset.json `ad_domains` "
+                  + ("(simulated scanner shifts)" if dom["simulated"] else "(real domains)")
+                  + "; mean ± std over the domain's cases of the per-case foreground mean over classes.", "",
+                  "| Domain | test cases | Method | Dice (%) | HD95 (mm) |", "|---|---|---|---|---|"]
+        for d, n in dom["test_cases_per_domain"].items():
+            for row in rows:
+                pd = (row["per_domain"] or {}).get(d)
+                cells = (_pct(pd["Dice"]), _mm(pd["HD95"])) if pd else ("n/a (evaluated without domains)", "n/a")
+                lines.append(f"| {d} | {n} | {row['method']} | {cells[0]} | {cells[1]} |")
+    progress = r.get("ad_progress") or {}
+    if progress:
+        lines += ["", "## A&D training curves", ""]
+        for row in rows:
+            if row["key"] in progress:
+                name = progress[row["key"]]
+                lines.append(f"- {row['method']}: [difficulty weights trajectory]({name}) (`{name}`: losses, mu, "
+                             f"pseudo-label foreground fraction and the DRS difficulty weights per class per epoch)"
+                             if name else f"- {row['method']}: no {AD_PROGRESS} in {row['model_folder']}")
+    return lines
+
+
 def render_markdown(r: dict) -> str:
     b, s, mach = r["budget"], r["split"], r["machine"]
-    lines = [f"# SSL benchmark: {r['dataset']} ({r['configuration']})", "",
-             f"{len(s['test'])} held-out test cases; mean ± std over cases; Dice/Jaccard in %, distances in mm at the "
+    setting = r.get("setting", "ssl")
+    simulated = bool(r.get("domains") and r["domains"]["simulated"])
+    lines = [f"# {SETTING_TITLES[setting]}: {r['dataset']} ({r['configuration']})"
+             + (" on SIMULATED domains" if simulated else ""), ""]
+    if simulated:
+        lines += ["> **SIMULATED domains.** The domains of this dataset are simulated scanner shifts (dataset.json "
+                  "`\"ad_simulated\": true`; parameters in the dataset's `domain_shift_recipe.json`), not real "
+                  "scanners or vendors. Every number below was measured on simulated domains and must be reported "
+                  "as such.", ""]
+    if setting in SETTING_ROLES:
+        lines += [SETTING_ROLES[setting], ""]
+    lines += [f"{len(s['test'])} held-out test cases; mean ± std over cases; Dice/Jaccard in %, distances in mm at the "
              f"test labels' own (original) resolution. Final checkpoint of every run, "
              f"{'with mirroring test-time augmentation' if r['tta'] else 'no test-time augmentation'}.", "",
              "| Method | Dice (%) | Jaccard (%) | HD95 (mm) | ASD (mm) | train wall time | predict time |",
@@ -627,6 +761,7 @@ def render_markdown(r: dict) -> str:
         m = row["metrics"]
         lines.append(f"| {row['method']} | {_pct(m['Dice'])} | {_pct(m['Jaccard'])} | {_mm(m['HD95'])} | "
                      f"{_mm(m['ASD'])} | {_fmt_time(row['train_wall_s'])} | {row['predict_wall_s']:.0f} s |")
+    lines += _breakdown_markdown(r)
     d = {row["key"]: row["metrics"]["Dice"]["mean"] for row in r["methods"]}
     lines += ["", "## Gap closure", ""]
     if r["gap_closure"] is None:
@@ -638,17 +773,18 @@ def render_markdown(r: dict) -> str:
     if r["ad_beats_labeled_only"] is False:
         lines.append(f"\n**A&D does NOT beat the labeled-only baseline here** (Dice {100 * d['ad']:.2f} % vs. "
                      f"{100 * d['labeled_only']:.2f} %).")
-    lines += ["", "## The paper's LA numbers (for orientation only)", "",
-              "| Split | Method | Dice (%) | Jaccard (%) | HD95 | ASD |", "|---|---|---|---|---|---|"]
-    for split, methods in r["paper_LA"].items():
-        for name, v in methods.items():
-            cells = ["–" if v[k] is None else f"{v[k]:.2f}" for k in ("Dice", "Jaccard", "HD95", "ASD")]
-            lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Paper gap closure at 10 %: (90.31 - 82.74) / (91.47 - 82.74) = 86.7 % (V-Net baselines). Not "
-              "comparable one to one: the paper trains for tens of thousands of steps, tests on the 20 official test "
-              "cases (here: a hold-out of training cases), and reports HD95/ASD as voxel distances (here: mm; on "
-              "LA's 0.625 mm grid, 1 voxel = 0.625 mm).",
-              "", "## Budget", "",
+    if setting == "ssl":
+        lines += ["", "## The paper's LA numbers (for orientation only)", "",
+                  "| Split | Method | Dice (%) | Jaccard (%) | HD95 | ASD |", "|---|---|---|---|---|---|"]
+        for split, methods in r["paper_LA"].items():
+            for name, v in methods.items():
+                cells = ["–" if v[k] is None else f"{v[k]:.2f}" for k in ("Dice", "Jaccard", "HD95", "ASD")]
+                lines.append(f"| {split} | {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Paper gap closure at 10 %: (90.31 - 82.74) / (91.47 - 82.74) = 86.7 % (V-Net baselines). "
+                  "Not comparable one to one: the paper trains for tens of thousands of steps, tests on the 20 "
+                  "official test cases (here: a hold-out of training cases), and reports HD95/ASD as voxel distances "
+                  "(here: mm; on LA's 0.625 mm grid, 1 voxel = 0.625 mm)."]
+    lines += ["", "## Budget", "",
               f"- Requested {b['requested_steps']} optimizer steps; every run trains {b['num_epochs']} epochs x "
               f"{b['iterations_per_epoch']} iterations = **{b['optimizer_steps_per_run']} optimizer steps** "
               f"(one step = one labeled batch; A&D adds one unlabeled batch and {b['ddim_steps']} DDIM passes "
@@ -699,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_images", required=True, type=Path, help="hold-out images (<case>_0000<ending>)")
     p.add_argument("--test_labels", required=True, type=Path, help="hold-out reference labels")
     p.add_argument("--preset", help="plans preset (e.g. la_cpu, tiny); optional")
-    p.add_argument("--configuration", help="default: the preset's configuration, else 3d_fullres")
+    p.add_argument("-c", "--configuration", help="default: the preset's configuration, else 3d_fullres")
     p.add_argument("--steps", type=int, required=True, help="optimizer-step budget, the same for all three runs")
     p.add_argument("--iterations_per_epoch", type=int, default=50)
     p.add_argument("--ddim_steps", type=int, default=10, help="A&D's DDIM steps for its pseudo-labels")
@@ -711,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
                    help="mirroring test-time augmentation (default: off)")
     p.add_argument("--note", default="", help="free text copied into the report (e.g. 'shared machine')")
+    p.add_argument("--setting", choices=tuple(SETTING_TITLES), default="ssl",
+                   help="label for the report titles only (ssl, imbssl, uda, semidg; default ssl); the runs, the "
+                        "splits and the metrics do not depend on it")
     return p
 
 

@@ -271,3 +271,24 @@ def test_hidden_label_cases_reach_training_only_as_images(tiny):
     trainer.on_train_end()
     recorded = json.load(open(os.path.join(output_folder(tiny), "ad_split.json")))
     assert sorted(recorded["unlabeled"]) == sorted(fold.unlabeled)
+
+
+def test_training_without_raw_data_uses_the_preprocessed_unlabeled_cases(tiny, tmp_path):
+    """A GPU box may receive preprocessed data only: the unlabeled data is then used as it is."""
+    import shutil
+
+    from ad_nnunet.data.settings import make_settings
+
+    make_settings(tiny["dataset_id"], "ssl", num_labeled=3, seed=1)
+    first = make_trainer(tiny)
+    first.on_train_start()  # preprocesses the unlabeled cases
+    first.on_train_end()
+    shutil.move(tiny["raw"], tmp_path / "raw_elsewhere")
+    try:
+        trainer = make_trainer(tiny)
+        trainer.on_train_start()
+        trainer.on_train_end()
+        log = open(trainer.log_file).read()
+        assert "not found under nnUNet_raw" in log
+    finally:
+        shutil.move(tmp_path / "raw_elsewhere", tiny["raw"])

@@ -1,8 +1,10 @@
 """benchmarks/: the SSL benchmark runner end to end on the phantom, LA preparation, and the GPU-tier packaging."""
 import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,67 @@ def test_holdout_leak_and_bad_inputs_are_refused(bench_dataset, tmp_path):
         rsb.Benchmark(args, "cmd")
 
 
+def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress(bench_dataset, tmp_path):
+    """No training: each method's 'predictions' are the reference labels (labeled-only misses the lesion in the
+    domain-B case); evaluate and report run for real on the phantom, whose dataset.json has "ad_domains"."""
+    import SimpleITK as sitk
+
+    ds = bench_dataset
+    raw = Path(ds["raw"])
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    test_ids = sorted(f.name[: -len(".nii.gz")] for f in (raw / "labelsTs").iterdir())
+    dataset_json["ad_domains"].update({test_ids[0]: "A", test_ids[1]: "B"})
+    dataset_json["ad_simulated"] = True
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=("--setting", "uda")))
+    args.n_proc_da = 0
+    bench = rsb.Benchmark(args, "cmd")
+    for m in rsb.METHODS:
+        pred = tmp_path / "out" / "predictions" / m.key
+        pred.mkdir(parents=True)
+        for c in test_ids:
+            ref = sitk.ReadImage(str(raw / "labelsTs" / f"{c}.nii.gz"))
+            arr = sitk.GetArrayFromImage(ref)
+            assert (arr == 3).any()  # every phantom case has a lesion
+            if m.key == "labeled_only" and c == test_ids[1]:
+                arr[arr == 3] = 0
+            img = sitk.GetImageFromArray(arr)
+            img.CopyInformation(ref)
+            sitk.WriteImage(img, str(pred / f"{c}.nii.gz"))
+        bench.state["stages"][f"train_{m.key}"] = {"status": "done", "wall_s": 1.0, "attempts_s": [1.0]}
+        bench.state["stages"][f"predict_{m.key}"] = {"status": "done", "wall_s": 1.0}
+        bench.stage(f"evaluate_{m.key}", bench.evaluate(m))
+    ad_folder = bench.model_folder(rsb.METHODS[0])
+    ad_folder.mkdir(parents=True)
+    (ad_folder / "ad_progress.png").write_bytes(b"fake png")
+    bench.stage("report", bench.report)
+
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["setting"] == "uda" and report["class_names"] == {"1": "organ", "2": "wall", "3": "lesion"}
+    assert report["domains"] == {"source": "dataset.json ad_domains", "simulated": True,
+                                 "test_cases_per_domain": {"A": 1, "B": 1}}
+    rows = {r["key"]: r for r in report["methods"]}
+    assert rows["ad"]["per_class"]["lesion"]["Dice"]["mean"] == pytest.approx(1.0)
+    lesion = rows["labeled_only"]["per_class"]["lesion"]
+    assert lesion["Dice"]["mean"] == pytest.approx(0.5) and lesion["HD95"]["mean"] > 0 and lesion["label"] == 3
+    assert rows["labeled_only"]["per_domain"]["A"]["Dice"]["mean"] == pytest.approx(1.0)
+    assert rows["labeled_only"]["per_domain"]["B"]["Dice"]["mean"] == pytest.approx(2 / 3)
+    assert rows["labeled_only"]["per_domain"]["B"]["per_class"]["lesion"]["Dice"]["mean"] == pytest.approx(0.0)
+    assert report["ad_progress"] == {"ad": "ad_progress.png"}
+    assert (out / "ad_progress.png").read_bytes() == b"fake png"
+
+    md = (out / "report.md").read_text()
+    assert md.startswith("# UDA benchmark") and "SIMULATED domains" in md.split("\n\n")[1]
+    for text in ("## Per class: Dice (%)", "## Per class: HD95 (mm)", "| Method | organ | wall | lesion |",
+                 "## Per domain (SIMULATED domains)", "| Domain | test cases | Method | Dice (%) | HD95 (mm) |",
+                 "| B | 1 | nnU-Net, labeled only | 66.67 ± 0.00 |", "| A | 1 | A&D (ADTrainer) | 100.00 ± 0.00 |",
+                 "| nnU-Net, labeled only | 100.00 ± 0.00 | 100.00 ± 0.00 | 50.00 ± 50.00 |",
+                 "[difficulty weights trajectory](ad_progress.png)"):
+        assert text in md, text
+    assert "90.31" not in md  # the paper's LA numbers belong to the plain ssl report only
+
+
 def test_budget_and_gap_closure():
     b = rsb.Budget(steps=101, iterations_per_epoch=50, ddim_steps=10)
     assert (b.num_epochs, b.total_steps) == (3, 150)
@@ -200,3 +263,38 @@ def test_gpu_tier_script_syntax_and_pack_size_check(tmp_path):
     pack_gpu_tier.check_size(tmp_path, limit_bytes=5000)
     with pytest.raises(ADInputError, match="over"):
         pack_gpu_tier.check_size(tmp_path, limit_bytes=4999)
+
+
+def test_pack_helpers_wheel_rezip_archive_roundtrip_and_verify(tmp_path):
+    src = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("pkg/__init__.py", "x = 1\n")
+        z.writestr("pkg/sub/tests/test_a.py", "assert True\n")
+        z.writestr("pkg-1.0.dist-info/RECORD", "pkg/__init__.py,,\npkg/sub/tests/test_a.py,,\n"
+                                               "pkg-1.0.dist-info/RECORD,,\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert pack_gpu_tier._stored_copy(src, wheels / src.name, re.compile(r"pkg/(?:[^/]+/)*tests/")) == 1
+    with zipfile.ZipFile(wheels / src.name) as z:
+        assert z.namelist() == ["pkg/__init__.py", "pkg-1.0.dist-info/RECORD"]
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        assert b"tests" not in z.read("pkg-1.0.dist-info/RECORD")
+
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    pack_gpu_tier._write_tar_xz(wheels, payload / "wheels.tar.xz", delta=True)
+    pack_gpu_tier.extract(payload / "wheels.tar.xz", tmp_path / "unpacked")
+    assert (tmp_path / "unpacked" / src.name).read_bytes() == (wheels / src.name).read_bytes()
+
+    archive = payload / "wheels.tar.xz"
+    manifest = {"commit": "abc", "source_digest": pack_gpu_tier.source_digest(), "size_bytes": 1,
+                "files": {archive.name: {"bytes": archive.stat().st_size, "sha256": pack_gpu_tier._sha256(archive)}}}
+    (payload / "manifest.json").write_text(json.dumps(manifest))
+    assert pack_gpu_tier.verify(payload)["commit"] == "abc"
+    (payload / "manifest.json").write_text(json.dumps(dict(manifest, source_digest="0" * 64)))
+    with pytest.raises(ADInputError, match="other sources"):
+        pack_gpu_tier.verify(payload)
+    (payload / "manifest.json").write_text(json.dumps(manifest))
+    archive.write_bytes(archive.read_bytes()[:-1])
+    with pytest.raises(ADInputError, match="differs from the manifest"):
+        pack_gpu_tier.verify(payload)

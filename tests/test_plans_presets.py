@@ -145,6 +145,46 @@ def test_preprocess_creates_data_at_new_spacing(plans_file, capsys, tmp_path):
     assert preset_needs_preprocessing(DATASET_ID, "3d_cpu")
 
 
+def test_acdc_cpu_2d_on_an_acdc_like_dataset(nnunet_dirs):
+    """acdc_cpu_2d on a planned 4-case ACDC-like dataset: slices of 256 x 216 pixels at 1.5625 mm, 10 mm apart."""
+    dataset_id, name = 881, "Dataset881_ADPresetACDC"
+    raw = Path(nnunet_dirs["raw"]) / name
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :216]
+    try:
+        for i in range(4):
+            img = rng.normal(size=(6, 256, 216)).astype(np.float32)  # (z, y, x)
+            lab = np.zeros(img.shape, np.uint8)
+            lab[:, (yy - 128) ** 2 + (xx - 108) ** 2 < (20 + i) ** 2] = 3
+            img[lab == 3] += 2
+            for arr, rel in ((img, f"imagesTr/acdc{i}_0000.nii.gz"), (lab, f"labelsTr/acdc{i}.nii.gz")):
+                im = sitk.GetImageFromArray(arr)
+                im.SetSpacing((1.5625, 1.5625, 10.0))
+                sitk.WriteImage(im, str(raw / rel))
+        (raw / "dataset.json").write_text(json.dumps({
+            "channel_names": {"0": "cineMRI"}, "labels": {"background": 0, "RV": 1, "MYO": 2, "LV": 3},
+            "numTraining": 4, "file_ending": ".nii.gz"}))
+        extract_fingerprints([dataset_id], num_processes=1, show_progress_bar=False, verbose=False)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("nnUNet_n_proc_DA", "1")
+            plan_experiments([dataset_id])
+        preset = load_preset("acdc_cpu_2d")
+        assert apply_preset(dataset_id, "acdc_cpu_2d") == "2d_cpu"
+        cm, parent = _check_config(Path(nnunet_dirs["preprocessed"]) / name / "nnUNetPlans.json", "2d_cpu", preset)
+        kw = cm.network_arch_init_kwargs
+        assert cm.spacing == parent.spacing == pytest.approx([1.5625, 1.5625])
+        assert cm.data_identifier == parent.data_identifier == "nnUNetPlans_2d"  # no new preprocessing
+        assert list(cm.patch_size) == [160, 160] and cm.batch_size == 8
+        assert kw["strides"] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
+        assert kw["features_per_stage"] == [16, 32, 64, 128, 256]
+        _forward(cm)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(Path(nnunet_dirs["preprocessed"]) / name, ignore_errors=True)
+
+
 def test_overwrite_protection(plans_file):
     apply_preset(DATASET_ID, "tiny")
     before = plans_file.read_text()
@@ -179,7 +219,7 @@ def test_invalid_presets(plans_file, tmp_path):
 
 def test_shipped_presets_are_found_and_valid():
     assert (_presets_dir() / "__init__.py").is_file()
-    assert set(available_presets()) >= {"tiny", "tiny_2d", "la_cpu"}
+    assert set(available_presets()) >= {"tiny", "tiny_2d", "la_cpu", "acdc_cpu_2d"}
     for name in available_presets():
         preset = load_preset(name)
         assert preset["description"]

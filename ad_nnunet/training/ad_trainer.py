@@ -154,6 +154,7 @@ class ADTrainer(nnUNetTrainer):
 
     def _unlabeled_augmenter(self):
         from ad_nnunet.data.loaders import build_unlabeled_loader
+        from ad_nnunet.data.raw import raw_dataset_folder
         from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabeled_folder
 
         identifiers = list(self.fold_split.unlabeled)
@@ -164,7 +165,11 @@ class ADTrainer(nnUNetTrainer):
                 f"fully supervised training use -tr nnUNetTrainer.")
         dataset = self.plans_manager.dataset_name
         if self.local_rank == 0:
-            preprocess_unlabeled(dataset, self.configuration_name, self.plans_manager.plans_name)
+            if os.path.isfile(join(raw_dataset_folder(dataset), "dataset.json")):
+                preprocess_unlabeled(dataset, self.configuration_name, self.plans_manager.plans_name)
+            else:  # e.g. a GPU box that received preprocessed data only; the loader still checks every case exists
+                self.print_to_log_file(f"WARNING: raw dataset {dataset} not found under nnUNet_raw; using its "
+                                       f"unlabeled preprocessed data as it is (not checked for staleness)")
         if self.is_ddp:
             dist.barrier()
         rotation_for_DA, do_dummy_2d, initial_patch_size, mirror_axes = \
