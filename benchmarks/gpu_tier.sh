@@ -2,7 +2,8 @@
 # GPU tier of the LA SSL benchmark: one offline call of at most 10 minutes on one H100/H200 (see docs/benchmarks.md).
 # Needs benchmarks/gpu_payload/ from `python benchmarks/pack_gpu_tier.py`, carried along with the working tree.
 # Installs the payload's wheels (pip --no-index), unpacks the dataset, runs run_ssl_benchmark.py on the GPU and
-# copies report.md, report.json, state.json and logs.tar.xz to $OUT, also when the benchmark fails or runs out of time.
+# copies report.md, report.json, state.json, ad_progress.png and logs.tar.xz to $OUT, also when the benchmark fails or
+# runs out of time.
 # Knobs (environment): STEPS (250) IPE (50) DDIM (10) DEVICE (cuda) NP (12) NDA (6) DEADLINE (s, 560) WORK OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ exec > >(tee "$OUT/gpu_tier.log") 2>&1
 
 collect() {
   local bench=$WORK/bench
-  for f in report.md report.json state.json; do [ -f "$bench/$f" ] && cp "$bench/$f" "$OUT/"; done
+  for f in report.md report.json state.json ad_progress.png; do [ ! -f "$bench/$f" ] || cp "$bench/$f" "$OUT/"; done
   if [ -d "$bench" ]; then
     mkdir -p "$WORK/collect"
     cp -r "$bench/logs" "$bench/evaluation" "$bench/trainers" "$WORK/collect/" 2>/dev/null || true

@@ -370,7 +370,7 @@ def pack(source: Path, out: Path, cache: Path, python_version: str = "3.12", fac
         shutil.copy2(w_archive, payload / "wheels.tar.xz")
         shutil.copy2(d_archive, payload / "data.tar.xz")
         own = build_own_wheel(staging / "own", log)
-        _stored_copy(own, payload / own.name)
+        shutil.copy2(own, payload / own.name)
         wheels[own.name] = {"distribution": "ad-nnunet", "version": version("ad-nnunet"),
                             "why": "the A&D plugin, built from this working tree"}
         manifest = {"format": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),

@@ -409,22 +409,26 @@ def prepare(setting: str, source: Path = DEFAULT_SOURCE, raw_root: Optional[Path
 
 def next_command(target: Path, setting: str, out: Optional[str] = None) -> str:
     """The run_ssl_benchmark.py command of the CPU tier (docs/benchmarks.md) for a prepared dataset."""
+    from ad_nnunet.plans_presets import load_preset
+
     return shlex.join([
         "python", "benchmarks/run_ssl_benchmark.py", "--dataset", target.name, "--setting", setting,
         "--labeled", str(target / "splits" / "labeled.txt"), "--unlabeled", str(target / "splits" / "unlabeled.txt"),
         "--test_images", str(target / "imagesTs"), "--test_labels", str(target / "labelsTs"),
-        "--preset", CPU_PRESET, "--steps", str(CPU_STEPS[setting]),
-        "--iterations_per_epoch", str(CPU_ITERATIONS_PER_EPOCH), "--ddim_steps", str(CPU_DDIM_STEPS),
+        "--preset", CPU_PRESET, "-c", load_preset(CPU_PRESET)["configuration_name"],
+        "--steps", str(CPU_STEPS[setting]), "--iterations_per_epoch", str(CPU_ITERATIONS_PER_EPOCH), "--ddim_steps", str(CPU_DDIM_STEPS),
         "--device", "cpu", "--np", "2", "--out", out or f"benchmark_runs/acdc_{setting}_cpu"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="setting", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
                         help=f"the shared Dataset102_ACDC (default {DEFAULT_SOURCE})")
-    common.add_argument("--groups", type=Path, help=f"case -> pathology group JSON (default <source>/{GROUPS_FILENAME})")
+    common.add_argument("--groups", type=Path,
+                        help=f"case -> pathology group JSON (default <source>/{GROUPS_FILENAME})")
     common.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
     common.add_argument("--raw", type=Path, default=None, help="nnU-Net raw root (default $nnUNet_raw)")
     common.add_argument("--dataset_id", type=int, help="default 121 (imbssl) / 122 (uda) / 123 (semidg)")

@@ -39,7 +39,7 @@ Example (LA 10 %, CPU tier)::
         --labeled $nnUNet_raw/Dataset111_LA10bench/splits/labeled.txt \\
         --unlabeled $nnUNet_raw/Dataset111_LA10bench/splits/unlabeled.txt \\
         --test_images $nnUNet_raw/Dataset111_LA10bench/imagesTs --test_labels $nnUNet_raw/Dataset111_LA10bench/labelsTs \\
-        --preset la_cpu --steps 400 --device cpu --np 2 --out benchmark_runs/la10_cpu
+        --preset la_cpu --steps 600 --device cpu --np 2 --out benchmark_runs/la10_cpu
 """
 from __future__ import annotations
 
@@ -601,7 +601,9 @@ class Benchmark:
             "setting": self.args.setting, "class_names": {str(k): v for k, v in class_names.items()},
             "domains": None if self.domains is None else {
                 "source": "dataset.json ad_domains",
-                "simulated": bool(self.dataset_json.get("ad_simulated", False)),
+                # True / False as dataset.json states it; None where it does not say
+                "simulated": None if "ad_simulated" not in self.dataset_json
+                else bool(self.dataset_json["ad_simulated"]),
                 "test_cases_per_domain": {d: sum(self.domains[c] == d for c in self.test)
                                           for d in sorted({self.domains[c] for c in self.test})}},
             "ad_progress": self.copy_ad_progress(),
@@ -718,8 +720,8 @@ def _breakdown_markdown(r: dict) -> List[str]:
     if r.get("domains"):
         dom = r["domains"]
         lines += ["", "## Per domain" + (" (SIMULATED domains)" if dom["simulated"] else ""), "",
-                  "Test cases grouped by dataset.json `ad_domains` "
-                  + ("(simulated scanner shifts)" if dom["simulated"] else "(real domains)")
+                  "Test cases grouped by dataset.json `ad_domains`"
+                  + {True: " (simulated scanner shifts)", False: " (real domains)", None: ""}[dom["simulated"]]
                   + "; mean ± std over the domain's cases of the per-case foreground mean over classes.", "",
                   "| Domain | test cases | Method | Dice (%) | HD95 (mm) |", "|---|---|---|---|---|"]
         for d, n in dom["test_cases_per_domain"].items():
@@ -729,7 +731,8 @@ def _breakdown_markdown(r: dict) -> List[str]:
                 lines.append(f"| {d} | {n} | {row['method']} | {cells[0]} | {cells[1]} |")
     progress = r.get("ad_progress") or {}
     if progress:
-        lines += ["", "## A&D training curves", ""]
+        legend = ", ".join(["0 = background"] + [f"{k} = {n}" for k, n in r["class_names"].items()])
+        lines += ["", "## A&D training curves", "", f"In the plot, class k is label k ({legend}).", ""]
         for row in rows:
             if row["key"] in progress:
                 name = progress[row["key"]]
@@ -752,11 +755,11 @@ def render_markdown(r: dict) -> str:
                   "as such.", ""]
     if setting in SETTING_ROLES:
         lines += [SETTING_ROLES[setting], ""]
-    lines += [f"{len(s['test'])} held-out test cases; mean ± std over cases; Dice/Jaccard in %, distances in mm at the "
-             f"test labels' own (original) resolution. Final checkpoint of every run, "
-             f"{'with mirroring test-time augmentation' if r['tta'] else 'no test-time augmentation'}.", "",
-             "| Method | Dice (%) | Jaccard (%) | HD95 (mm) | ASD (mm) | train wall time | predict time |",
-             "|---|---|---|---|---|---|---|"]
+    lines += [f"{len(s['test'])} held-out test cases; mean ± std over cases; Dice/Jaccard in %, distances in mm at "
+              f"the test labels' own (original) resolution. Final checkpoint of every run, "
+              f"{'with mirroring test-time augmentation' if r['tta'] else 'no test-time augmentation'}.", "",
+              "| Method | Dice (%) | Jaccard (%) | HD95 (mm) | ASD (mm) | train wall time | predict time |",
+              "|---|---|---|---|---|---|---|"]
     for row in r["methods"]:
         m = row["metrics"]
         lines.append(f"| {row['method']} | {_pct(m['Dice'])} | {_pct(m['Jaccard'])} | {_mm(m['HD95'])} | "
