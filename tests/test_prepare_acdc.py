@@ -101,6 +101,9 @@ def test_imbssl_split_is_stratified_patient_level_and_leak_free(fake_source, tmp
     with pytest.raises(ADInputError, match="--num_labeled"):
         prepare_acdc.prepare("imbssl", fake_source, tmp_path / "raw", seed=0, num_test=5, num_labeled=10,
                              overwrite=True)
+    prepare_acdc.prepare("imbssl", fake_source, tmp_path / "raw", seed=1, overwrite=True, **SMALL["imbssl"])
+    assert json.loads((target / "benchmark_split.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [target.name]
 
 
 def test_uda_target_never_labeled_and_marked_simulated(fake_source, tmp_path):
