@@ -69,7 +69,8 @@ from ad_nnunet.data.domain_shift import (derive_domain_dataset, patient_group, s
 from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases  # noqa: E402
 from ad_nnunet.data.settings import _stratified_draw  # noqa: E402
 from ad_nnunet.errors import ADInputError  # noqa: E402
-from prepare_la import SPLIT_FILENAME, _find_existing_id, _link_or_copy, _sha256  # noqa: E402
+from prepare_la import SPLIT_FILENAME, _link_or_copy, _sha256  # noqa: E402
+from ad_nnunet.data.raw import new_dataset_folder  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "Dataset102_ACDC"
 GROUPS_FILENAME = "pathology_groups.json"
@@ -336,14 +337,7 @@ def prepare(setting: str, source: Path = DEFAULT_SOURCE, raw_root: Optional[Path
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
-    target = raw_root / f"Dataset{dataset_id:03d}_{dataset_name}"
-    others = [n for n in _find_existing_id(raw_root, dataset_id) if n != target.name]
-    if others:
-        raise ADInputError(f"Dataset id {dataset_id} is already used by {others} in {raw_root}; nnU-Net could not "
-                           f"tell them apart. Fix: pass another --dataset_id.")
-    if target.exists() and not overwrite:
-        raise ADInputError(f"{target} already exists. Fix: pass --overwrite to rebuild it (models trained on it "
-                           f"then no longer match), or another --dataset_id/--dataset_name.")
+    target = new_dataset_folder(raw_root, dataset_id, dataset_name, overwrite)
     command = command or ("prepare(" + ", ".join(f"{k}={v!r}" for k, v in dict(
         setting=setting, source=str(source), seed=seed, num_test=num_test, num_labeled=num_labeled,
         fraction=fraction, heldout=heldout, target_preset=target_preset, dataset_id=dataset_id,

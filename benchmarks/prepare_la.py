@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO))
 
+from ad_nnunet.data.raw import new_dataset_folder  # noqa: E402
 from ad_nnunet.errors import ADInputError  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "Dataset101_LA"
@@ -70,12 +70,6 @@ def _link_or_copy(src: Path, dst: Path) -> str:
     except OSError:  # other file system, or protected_hardlinks on a file we do not own
         shutil.copy2(src, dst)
         return "copy"
-
-
-def _find_existing_id(raw_root: Path, dataset_id: int) -> List[str]:
-    pattern = re.compile(rf"^Dataset{dataset_id:03d}_")
-    return sorted(p.name for p in raw_root.iterdir() if p.is_dir() and pattern.match(p.name)) \
-        if raw_root.is_dir() else []
 
 
 def prepare(source: Path, raw_root: Path, fraction: str = "0.1", holdout: int = 12, seed: int = 0,
@@ -121,14 +115,7 @@ def prepare(source: Path, raw_root: Path, fraction: str = "0.1", holdout: int = 
 
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
-    target = raw_root / f"Dataset{dataset_id:03d}_{dataset_name}"
-    others = [n for n in _find_existing_id(raw_root, dataset_id) if n != target.name]
-    if others:
-        raise ADInputError(f"Dataset id {dataset_id} is already used by {others} in {raw_root}; nnU-Net could not "
-                           f"tell them apart. Fix: pass another --dataset_id.")
-    if target.exists() and not overwrite:
-        raise ADInputError(f"{target} already exists. Fix: pass --overwrite to rebuild it (models trained on it "
-                           f"then no longer match), or another --dataset_id/--dataset_name.")
+    target = new_dataset_folder(raw_root, dataset_id, dataset_name, overwrite)
     tmp = raw_root / f".{target.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     modes = set()

@@ -50,7 +50,7 @@ from numpy.polynomial import legendre
 from scipy.ndimage import gaussian_filter
 
 from ad_nnunet import __version__
-from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, raw_dataset_folder
+from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, new_dataset_folder, raw_dataset_folder
 from ad_nnunet.errors import ADInputError
 
 RECIPE_FILENAME = "domain_shift_recipe.json"
@@ -274,18 +274,9 @@ def _target_folder(target_dataset_id: int, target_name: str, raw_root, source: P
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(target_name)):
         raise ADInputError(f"Target dataset name {target_name!r} is invalid. Fix: use letters, digits, '_', '.', "
                            f"'-' only (it becomes Dataset{target_dataset_id:03d}_<name>).")
-    root = Path(raw_root)
-    target = (root / f"Dataset{int(target_dataset_id):03d}_{target_name}").resolve()
-    if target == source:
-        raise ADInputError(f"The target {target} is the source dataset. Fix: choose another target id/name.")
-    clash = sorted(p.name for p in root.glob(f"Dataset{int(target_dataset_id):03d}_*") if p.resolve() != target) \
-        if root.is_dir() else []
-    if clash:
-        raise ADInputError(f"Dataset id {target_dataset_id} is already used by {clash} in {root}; nnU-Net needs "
-                           f"unique ids. Fix: choose another target id, or remove {clash}.")
-    if target.exists() and not overwrite:
-        raise ADInputError(f"{target} already exists. Fix: pass overwrite=True (CLI: --overwrite) to replace it, "
-                           f"or choose another target id/name.")
+    if (Path(raw_root) / f"Dataset{int(target_dataset_id):03d}_{target_name}").resolve() == source:
+        raise ADInputError(f"The target is the source dataset {source}. Fix: choose another target id/name.")
+    target = new_dataset_folder(raw_root, int(target_dataset_id), target_name, overwrite).resolve()
     return target
 
 
