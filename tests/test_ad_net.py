@@ -41,6 +41,24 @@ def test_state_dict_has_no_duplicated_encoder_and_loads_strictly():
     fresh.load_state_dict(net.state_dict(), strict=True)
 
 
+def test_decoders_start_identical_but_own_their_parameters():
+    from ad_nnunet.method.decoupling import ema_blend_
+
+    net = build()
+    theta = {k: v.clone() for k, v in net.decoder.state_dict().items()}
+    for twin in (net.decoder_psi, net.decoder_xi):
+        assert twin.state_dict().keys() == theta.keys()
+        assert all(torch.equal(v, theta[k]) for k, v in twin.state_dict().items())
+        assert not {id(p) for p in twin.parameters()} & {id(p) for p in net.decoder.parameters()}
+    # the EMA of identical decoders is a fixed point: D_theta starts as a working network, not a blend of two
+    ema_blend_(net.decoder, [net.decoder_xi, net.decoder_psi], 0.99)
+    for k, v in net.decoder.state_dict().items():
+        torch.testing.assert_close(v, theta[k])
+    with torch.no_grad():
+        next(net.decoder_psi.parameters()).add_(1.0)
+    assert not torch.equal(next(net.decoder_psi.parameters()), next(net.decoder.parameters()))
+
+
 def test_train_mode_outputs_and_gradient_flow():
     net = build().train()
     x_l, x_u = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16)

@@ -26,7 +26,7 @@ def test_initial_state_is_in_buffers():
 
 
 def test_two_step_example_by_hand():
-    dw = DifficultyWeights(2, accumulate_iters=50, exponent=0.2, eps=1e-8)
+    dw = DifficultyWeights(2, accumulate_iters=50, exponent=0.2, eps=1e-8, normalize=False)  # official formula
     m, eps, C = 0.98, 1e-8, 2
     target = [0, 0, 1, 1]
 
@@ -60,6 +60,29 @@ def test_two_step_example_by_hand():
     assert not torch.equal(w2, dw.weights)
 
 
+def test_normalized_weights_are_the_official_ones_rescaled_to_mean_one():
+    official = DifficultyWeights(3, normalize=False)
+    normalized = DifficultyWeights(3)
+    target = _target([0, 0, 1, 1, 2, 2])
+    official_sums = []
+    for pred in ([0, 1, 1, 1, 2, 0], [0, 0, 1, 2, 2, 2], [1, 0, 1, 1, 0, 2]):
+        w_official = official.update(_logits_for(pred, 3), target)
+        w = normalized.update(_logits_for(pred, 3), target)
+        official_sums.append(w_official.sum().item())
+        assert w.mean().item() == pytest.approx(1.0, rel=1e-6)
+        assert w.tolist() == pytest.approx((3 * w_official / w_official.sum()).tolist(), rel=1e-5)
+    # the official weights collapse in scale at the first update (every class "learns" from eps, unlearn is 0)
+    assert official_sums[0] < 0.3
+
+
+def test_normalized_weights_without_any_preference_are_uniform():
+    dw = DifficultyWeights(2)
+    dw.dice_weight.zero_()  # as after many perfect updates: every raw weight is 0
+    dw.last_dice.fill_(1.0)
+    w = dw.update(_logits_for([0, 0, 1, 1], 2), _target([0, 0, 1, 1]))
+    assert w.tolist() == pytest.approx([1.0, 1.0])
+
+
 def test_state_dict_round_trip_continues_identically(tmp_path):
     g = torch.Generator().manual_seed(0)
     inputs = [(torch.randn(2, 3, 5, 6, generator=g), torch.randint(0, 3, (2, 1, 5, 6), generator=g))
@@ -78,7 +101,7 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
 
 
 def test_absent_class_and_zero_dice_stay_finite():
-    dw = DifficultyWeights(3)
+    dw = DifficultyWeights(3, normalize=False)
     # class 2 is never predicted nor present; class 0 and 1 alternate between perfect and completely wrong
     for step in range(6):
         target = _target([0, 0, 1, 1])

@@ -7,7 +7,12 @@ whose encoder and decoder become the shared encoder E and the unlabeled/inferenc
   one channel per class). The image-only stem is the encoder's own first block, so ``forward(x)`` costs exactly
   what nnU-Net's U-Net costs.
 - ``decoder_xi`` (D_xi, denoising, timestep-conditioned) and ``decoder_psi`` (D_psi, difficulty-aware): decoders
-  of the same architecture as D_theta, so their parameters match D_theta's by name for the EMA update.
+  of the same architecture as D_theta, so their parameters match D_theta's by name for the EMA update. All three
+  start from the same weights: D_theta follows the parameter-wise mean of the other two, and the mean of two
+  independently initialised networks is not a network that computes anything like either (their hidden units are
+  arbitrarily permuted against each other). Started together, the three stay in one basin, as in weight averaging
+  and mean-teacher models. (The official code initialises them independently; measured on LA at 600 steps its
+  D_theta reached 70.2 % Dice on development cases where plain nnU-Net reached 84.5 %.)
 - ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
   projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
 - ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
@@ -26,7 +31,6 @@ import math
 from typing import Dict, List, Optional
 
 import torch
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from ad_nnunet.method.difficulty import DifficultyWeights
@@ -85,21 +89,20 @@ class ADNet(nn.Module):
         _detach_encoder_reference(self.decoder, self.encoder)
         self.decoder.deep_supervision = False
         _freeze_deep_supervision_heads(self.decoder)
-        # Independent initialisations: D_xi and D_psi must disagree early for their fusion to carry information.
-        self.decoder_psi = self._fresh_copy(self.decoder)
+        self.decoder_psi = self._twin(self.decoder)
         self.difficulty = DifficultyWeights(num_classes)
         if with_diffusion:
-            self.decoder_xi = self._fresh_copy(self.decoder)
+            self.decoder_xi = self._twin(self.decoder)
             self.stem_diffusion = diffusion_stem
             self.time_embedding = TimestepEmbedding()
             self.temb_encoder = nn.ModuleList(nn.Linear(TIME_EMBED_DIM, c) for c in self.encoder.output_channels)
             self.temb_decoder_xi = nn.ModuleList(
                 nn.Linear(TIME_EMBED_DIM, c) for c in list(self.encoder.output_channels[:-1])[::-1])
 
-    def _fresh_copy(self, decoder: nn.Module) -> nn.Module:
+    def _twin(self, decoder: nn.Module) -> nn.Module:
+        """A decoder with ``decoder``'s weights (module docstring: why the decoders start identical)."""
         clone = copy.deepcopy(decoder)
         _detach_encoder_reference(clone, self.encoder)
-        clone.apply(InitWeights_He(1e-2))
         _freeze_deep_supervision_heads(clone)
         return clone
 
