@@ -1,8 +1,9 @@
 """Semi-supervised benchmark: A&D vs. nnU-Net on the labeled cases only vs. nnU-Net on all labels, same step budget.
 
-Three runs, each trained with stock ``nnUNetv2_train`` for exactly ``E = ceil(steps / I)`` epochs of ``I`` iterations
-(``N = E * I`` optimizer steps), then ``nnUNetv2_predict`` on a held-out test folder with ``checkpoint_final.pth``
-and scored with ``ad_nnunet.evaluation`` (Dice, Jaccard, HD95 and ASD, distances in mm on the reference grid):
+Up to three runs, each trained with stock ``nnUNetv2_train`` for exactly ``E = ceil(steps / I)`` epochs of ``I``
+iterations (``N = E * I`` optimizer steps), then ``nnUNetv2_predict`` on a held-out test folder with
+``checkpoint_final.pth`` and scored with ``ad_nnunet.evaluation`` (Dice, Jaccard, HD95 and ASD, distances in mm on
+the reference grid):
 
 ================  =======  =====  ==========================================================================
 method            trainer  fold   training data
@@ -21,12 +22,17 @@ evaluated (no checkpoint selection; nnU-Net's final validation is skipped). Gap 
 
 (undefined when the all-labels model is not better than the labeled-only one).
 
+``--methods`` picks the runs (default: all three). A&D and labeled only are mandatory; ``--methods ad labeled_only``
+skips the all-labels upper bound when time is short, and the report then gives no gap closure (reported as not
+computed). The selection is recorded in state.json; a rerun may add a method (its stages run, the report is rebuilt)
+or drop one (left out of the rebuilt report).
+
 Breakdowns in ``report.md``/``report.json``: Dice and HD95 per class (class names from dataset.json ``labels``) for
 every method; when dataset.json has ``"ad_domains"``, the test cases are also scored per domain (mean Dice and HD95
 per domain per method), and ``"ad_simulated": true`` puts "SIMULATED domains" in the title, a banner and the
 per-domain heading. Each A&D run's ``ad_progress.png`` (losses, mu and the DRS difficulty weights per class per
 epoch) is copied next to the report and linked as "difficulty weights trajectory". ``--setting {ssl, imbssl, uda,
-semidg}`` only changes the titles (and, for ssl, shows the paper's LA numbers); the three runs are the same in every
+semidg}`` only changes the titles (and, for ssl, shows the paper's LA numbers); the runs are the same in every
 setting: for UDA "labeled only" is the source-only model and "all labels" the oracle with target labels.
 
 Stages (each recorded in ``<out>/state.json`` when complete; a rerun skips completed stages and continues an
@@ -94,6 +100,9 @@ METHODS = (
     Method("labeled_only", "nnU-Net, labeled only", "nnunet", 0, "labeled cases only"),
     Method("full", "nnU-Net, all labels (upper bound)", "nnunet", 1, "labeled + unlabeled, all labels"),
 )
+METHOD_KEYS = tuple(m.key for m in METHODS)
+# The comparison the benchmark exists for; only the upper bound ("full") may be left out.
+REQUIRED_METHODS = ("ad", "labeled_only")
 
 
 @dataclass(frozen=True)
@@ -264,6 +273,17 @@ def gap_closure(dice_ad: Optional[float], dice_labeled: Optional[float], dice_fu
     return (dice_ad - dice_labeled) / denominator
 
 
+def report_gap_closure(dice: Dict[str, Optional[float]]) -> tuple[Optional[float], Optional[str]]:
+    """(gap closure, None), or (None, why it is missing) from ``{method key: mean Dice}`` of the runs made."""
+    if "full" not in dice:
+        return None, "not computed, because the all-labels run was skipped (--methods without full)"
+    gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
+    if gap is None:
+        return None, ("undefined, because the all-labels model is not better than the labeled-only model at this "
+                      "budget")
+    return gap, None
+
+
 class Benchmark:
     def __init__(self, args: argparse.Namespace, command: str):
         self.args = args
@@ -275,6 +295,12 @@ class Benchmark:
                                    f"nnUNet_results (nnU-Net's folders) before running the benchmark.")
         if args.steps < 1 or args.iterations_per_epoch < 1 or args.ddim_steps < 1 or args.np < 1:
             raise ADInputError("--steps, --iterations_per_epoch, --ddim_steps and --np must be >= 1.")
+        lacking = [k for k in REQUIRED_METHODS if k not in args.methods]
+        if lacking:
+            raise ADInputError(f"--methods {' '.join(args.methods)} lacks {', '.join(lacking)}: A&D vs. the "
+                               f"labeled-only baseline is the comparison this benchmark makes. Fix: pass --methods ad "
+                               f"labeled_only (add full for the upper bound and the gap closure), or drop --methods.")
+        self.methods = tuple(m for m in METHODS if m.key in args.methods)  # in METHODS order, without repeats
         self.raw_root = Path(os.environ["nnUNet_raw"])
         self.dataset_id, self.dataset = resolve_dataset(args.dataset, self.raw_root)
         self.raw = self.raw_root / self.dataset
@@ -351,6 +377,7 @@ class Benchmark:
                 "test_images": str(self.test_images), "test_labels": str(self.test_labels)}
 
     def _load_state(self) -> dict:
+        methods = [m.key for m in self.methods]
         if self.state_path.is_file():
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
             if state.get("format") != STATE_FORMAT:
@@ -361,8 +388,15 @@ class Benchmark:
                 raise ADInputError(f"{self.out} holds a benchmark with other settings ({', '.join(differs)} differ). "
                                    f"Fix: use a new --out, or rerun with the original arguments to resume.")
             state["invocations"].append(self.command)
+            previous = state.get("methods", list(METHOD_KEYS))  # states without "methods" ran all three
+            if previous != methods:
+                # Stages are keyed by method, so an added method's stages simply run and a dropped one's results
+                # stay unused; only the report depends on the selection, so it is rebuilt.
+                self.log(f"methods {previous} -> {methods}: the report will be rebuilt")
+                state["stages"].pop("report", None)
         else:
             state = {"format": STATE_FORMAT, "config": self.config(), "invocations": [self.command], "stages": {}}
+        state["methods"] = methods
         _atomic_write_json(self.state_path, state)
         return state
 
@@ -583,7 +617,7 @@ class Benchmark:
         st = self.state["stages"]
         b = self.budget
         rows = []
-        for m in METHODS:
+        for m in self.methods:
             metrics = st[f"evaluate_{m.key}"]["metrics"]
             train, pred = st[f"train_{m.key}"], st[f"predict_{m.key}"]
             rows.append({"key": m.key, "method": m.label, "trainer": b.trainer_name(m.kind), "fold": m.fold,
@@ -595,7 +629,7 @@ class Benchmark:
         for row in rows:
             row.update(self._breakdown(st[f"evaluate_{row['key']}"], class_names))
         dice = {r["key"]: r["metrics"]["Dice"]["mean"] for r in rows}
-        gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
+        gap, gap_reason = report_gap_closure(dice)
         report = {
             "dataset": self.dataset, "configuration": self.configuration, "preset": self.args.preset,
             "setting": self.args.setting, "class_names": {str(k): v for k, v in class_names.items()},
@@ -612,7 +646,7 @@ class Benchmark:
                        "val_iterations_per_epoch": b.val_iterations, "ddim_steps": b.ddim_steps},
             "split": {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test,
                       "imagesUnlabeled": self.extra_unlabeled, "imagesTr_unused": self.unused},
-            "methods": rows, "gap_closure": gap,
+            "methods": rows, "gap_closure": gap, "gap_closure_reason": gap_reason,
             "ad_beats_labeled_only": None if None in (dice["ad"], dice["labeled_only"])
             else dice["ad"] > dice["labeled_only"],
             "paper_LA": {split: {k: dict(zip(("Dice", "Jaccard", "HD95", "ASD"), v)) for k, v in d.items()}
@@ -652,7 +686,7 @@ class Benchmark:
         """Copy each A&D run's ad_progress.png (losses, mu, DRS difficulty weights per class per epoch) into --out;
         returns ``{method key: file name in --out, or None when the run wrote none}``."""
         copied = {}
-        for m in METHODS:
+        for m in self.methods:
             if m.kind != "ad":
                 continue
             src = self.model_folder(m) / AD_PROGRESS
@@ -665,18 +699,18 @@ class Benchmark:
         return copied
 
     def run(self) -> Path:
-        self.log(f"benchmark {self.dataset} ({self.configuration}), {self.budget.total_steps} optimizer steps per "
-                 f"run, out {self.out}")
+        self.log(f"benchmark {self.dataset} ({self.configuration}), runs {', '.join(m.key for m in self.methods)}, "
+                 f"{self.budget.total_steps} optimizer steps per run, out {self.out}")
         self.stage("plan", self.plan)
         self.stage("preprocess", self.preprocess)
         self.stage("settings", self.settings)
         self.stage("preprocess_unlabeled", self.preprocess_unlabeled)
         self.stage("trainers", self.write_trainers)
-        for m in METHODS:
+        for m in self.methods:
             self.stage(f"train_{m.key}", self.train(m))
-        for m in METHODS:
+        for m in self.methods:
             self.stage(f"predict_{m.key}", self.predict(m))
-        for m in METHODS:
+        for m in self.methods:
             self.stage(f"evaluate_{m.key}", self.evaluate(m))
         self.stage("report", self.report)
         self.log(f"report: {self.out / 'report.md'}")
@@ -767,12 +801,11 @@ def render_markdown(r: dict) -> str:
     lines += _breakdown_markdown(r)
     d = {row["key"]: row["metrics"]["Dice"]["mean"] for row in r["methods"]}
     lines += ["", "## Gap closure", ""]
+    formula = "Gap closure (Dice_A&D - Dice_labeled_only) / (Dice_all_labels - Dice_labeled_only)"
     if r["gap_closure"] is None:
-        lines.append("Gap closure (Dice_A&D - Dice_labeled_only) / (Dice_all_labels - Dice_labeled_only): undefined, "
-                     "because the all-labels model is not better than the labeled-only model at this budget.")
+        lines.append(f"{formula}: {r['gap_closure_reason']}.")
     else:
-        lines.append(f"Gap closure (Dice_A&D - Dice_labeled_only) / (Dice_all_labels - Dice_labeled_only) = "
-                     f"**{100 * r['gap_closure']:.1f} %**.")
+        lines.append(f"{formula} = **{100 * r['gap_closure']:.1f} %**.")
     if r["ad_beats_labeled_only"] is False:
         lines.append(f"\n**A&D does NOT beat the labeled-only baseline here** (Dice {100 * d['ad']:.2f} % vs. "
                      f"{100 * d['labeled_only']:.2f} %).")
@@ -839,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_labels", required=True, type=Path, help="hold-out reference labels")
     p.add_argument("--preset", help="plans preset (e.g. la_cpu, tiny); optional")
     p.add_argument("-c", "--configuration", help="default: the preset's configuration, else 3d_fullres")
-    p.add_argument("--steps", type=int, required=True, help="optimizer-step budget, the same for all three runs")
+    p.add_argument("--steps", type=int, required=True, help="optimizer-step budget, the same for every run")
     p.add_argument("--iterations_per_epoch", type=int, default=50)
     p.add_argument("--ddim_steps", type=int, default=10, help="A&D's DDIM steps for its pseudo-labels")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -853,6 +886,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--setting", choices=tuple(SETTING_TITLES), default="ssl",
                    help="label for the report titles only (ssl, imbssl, uda, semidg; default ssl); the runs, the "
                         "splits and the metrics do not depend on it")
+    p.add_argument("--methods", nargs="+", choices=METHOD_KEYS, default=list(METHOD_KEYS),
+                   help="runs to train, predict, evaluate and report (default: all three); ad and labeled_only are "
+                        "required, drop full (the all-labels upper bound, needed for the gap closure) when time is "
+                        "short: --methods ad labeled_only")
     return p
 
 

@@ -143,29 +143,23 @@ def test_holdout_leak_and_bad_inputs_are_refused(bench_dataset, tmp_path):
         rsb.Benchmark(args, "cmd")
 
 
-def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress(bench_dataset, tmp_path):
-    """No training: each method's 'predictions' are the reference labels (labeled-only misses the lesion in the
-    domain-B case); evaluate and report run for real on the phantom, whose dataset.json has "ad_domains"."""
+def _test_ids(ds) -> list:
+    return sorted(f.name[: -len(".nii.gz")] for f in Path(ds["raw"], "labelsTs").iterdir())
+
+
+def _evaluate_untrained(bench, methods, lesion_missed_by=None):
+    """No training: each method's 'predictions' are the test reference labels, except that the lesion is erased in
+    the (method key, case) ``lesion_missed_by``; train/predict are recorded as done, evaluate runs for real."""
     import SimpleITK as sitk
 
-    ds = bench_dataset
-    raw = Path(ds["raw"])
-    dataset_json = json.loads((raw / "dataset.json").read_text())
-    test_ids = sorted(f.name[: -len(".nii.gz")] for f in (raw / "labelsTs").iterdir())
-    dataset_json["ad_domains"].update({test_ids[0]: "A", test_ids[1]: "B"})
-    dataset_json["ad_simulated"] = True
-    (raw / "dataset.json").write_text(json.dumps(dataset_json))
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=("--setting", "uda")))
-    args.n_proc_da = 0
-    bench = rsb.Benchmark(args, "cmd")
-    for m in rsb.METHODS:
-        pred = tmp_path / "out" / "predictions" / m.key
+    for m in methods:
+        pred = bench.out / "predictions" / m.key
         pred.mkdir(parents=True)
-        for c in test_ids:
-            ref = sitk.ReadImage(str(raw / "labelsTs" / f"{c}.nii.gz"))
+        for c in bench.test:
+            ref = sitk.ReadImage(str(bench.test_labels / f"{c}.nii.gz"))
             arr = sitk.GetArrayFromImage(ref)
             assert (arr == 3).any()  # every phantom case has a lesion
-            if m.key == "labeled_only" and c == test_ids[1]:
+            if (m.key, c) == lesion_missed_by:
                 arr[arr == 3] = 0
             img = sitk.GetImageFromArray(arr)
             img.CopyInformation(ref)
@@ -173,6 +167,22 @@ def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress
         bench.state["stages"][f"train_{m.key}"] = {"status": "done", "wall_s": 1.0, "attempts_s": [1.0]}
         bench.state["stages"][f"predict_{m.key}"] = {"status": "done", "wall_s": 1.0}
         bench.stage(f"evaluate_{m.key}", bench.evaluate(m))
+
+
+def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress(bench_dataset, tmp_path):
+    """Labeled-only misses the lesion in the domain-B case; evaluate and report run for real on the phantom, whose
+    dataset.json has "ad_domains"."""
+    ds = bench_dataset
+    raw = Path(ds["raw"])
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    test_ids = _test_ids(ds)
+    dataset_json["ad_domains"].update({test_ids[0]: "A", test_ids[1]: "B"})
+    dataset_json["ad_simulated"] = True
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=("--setting", "uda")))
+    args.n_proc_da = 0
+    bench = rsb.Benchmark(args, "cmd")
+    _evaluate_untrained(bench, rsb.METHODS, lesion_missed_by=("labeled_only", test_ids[1]))
     ad_folder = bench.model_folder(rsb.METHODS[0])
     ad_folder.mkdir(parents=True)
     (ad_folder / "ad_progress.png").write_bytes(b"fake png")
@@ -204,6 +214,62 @@ def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress
     assert "90.31" not in md  # the paper's LA numbers belong to the plain ssl report only
 
 
+def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drops_it(bench_dataset, tmp_path, capsys):
+    """--methods ad labeled_only: no training, evaluate and report run for real (as in the test above)."""
+    ds = bench_dataset
+    parser = rsb.build_parser()
+    assert parser.parse_args(bench_args(ds, tmp_path)).methods == ["ad", "labeled_only", "full"]
+    assert rsb.main(bench_args(ds, tmp_path, extra=("--methods", "ad", "full"))) == 2
+    err = capsys.readouterr().err
+    assert "--methods ad full lacks labeled_only" in err and "Fix: pass --methods ad labeled_only" in err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    with pytest.raises(SystemExit):
+        parser.parse_args(bench_args(ds, tmp_path, extra=("--methods", "ad", "labeled_only", "vnet")))
+    assert "invalid choice: 'vnet'" in capsys.readouterr().err
+
+    def benchmark(*methods):
+        args = parser.parse_args(bench_args(ds, tmp_path, extra=("--methods", *methods)))
+        args.n_proc_da = 0
+        return rsb.Benchmark(args, "cmd")
+
+    out = tmp_path / "out"
+    bench = benchmark("labeled_only", "ad")
+    assert [m.key for m in bench.methods] == ["ad", "labeled_only"]  # METHODS order, whatever the command line's
+    _evaluate_untrained(bench, bench.methods, lesion_missed_by=("labeled_only", _test_ids(ds)[0]))
+    bench.stage("report", bench.report)
+    assert json.loads((out / "state.json").read_text())["methods"] == ["ad", "labeled_only"]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["key"] for r in report["methods"]] == ["ad", "labeled_only"]
+    assert report["gap_closure"] is None and report["ad_beats_labeled_only"] is True
+    assert report["gap_closure_reason"] == ("not computed, because the all-labels run was skipped (--methods "
+                                            "without full)")
+    md = (out / "report.md").read_text()
+    assert f"(Dice_all_labels - Dice_labeled_only): {report['gap_closure_reason']}." in md
+    assert "all labels (upper bound)" not in md and "90.31" in md  # the ssl report keeps the paper's table
+    # the main table and the two per-class tables: one row per run
+    assert [line.split(" | ")[0] for line in md.splitlines() if line.startswith(("| A&D", "| nnU-Net"))] == \
+        ["| A&D (ADTrainer)", "| nnU-Net, labeled only"] * 3
+    per_domain = md.split("## Per domain")[1].split("\n## ")[0].splitlines()
+    assert len([line for line in per_domain if line.startswith("| ") and "| Method |" not in line]) == \
+        2 * len(report["domains"]["test_cases_per_domain"])
+
+    # resume with full added: only its stages are new, and the report is rebuilt with three rows
+    bench = benchmark("ad", "labeled_only", "full")
+    assert "report" not in bench.state["stages"] and bench.state["stages"]["evaluate_ad"]["status"] == "done"
+    _evaluate_untrained(bench, rsb.METHODS[2:])
+    bench.stage("report", bench.report)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["key"] for r in report["methods"]] == ["ad", "labeled_only", "full"]
+    assert report["gap_closure"] == pytest.approx(rsb.gap_closure(*(r["metrics"]["Dice"]["mean"]
+                                                                     for r in report["methods"])))
+    assert report["gap_closure_reason"] is None
+
+    # resume with full dropped again: its results stay on disk, the rebuilt report leaves it out
+    bench = benchmark("ad", "labeled_only")
+    bench.stage("report", bench.report)
+    assert [r["key"] for r in json.loads((out / "report.json").read_text())["methods"]] == ["ad", "labeled_only"]
+
+
 def test_budget_and_gap_closure():
     b = rsb.Budget(steps=101, iterations_per_epoch=50, ddim_steps=10)
     assert (b.num_epochs, b.total_steps) == (3, 150)
@@ -212,6 +278,9 @@ def test_budget_and_gap_closure():
     assert rsb.gap_closure(0.75, 0.80, 0.90) == pytest.approx(-0.5)
     assert rsb.gap_closure(0.85, 0.80, 0.80) is None and rsb.gap_closure(0.85, 0.80, 0.70) is None
     assert rsb.gap_closure(None, 0.8, 0.9) is None
+    assert rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.90}) == (pytest.approx(0.5), None)
+    gap, reason = rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.80})
+    assert gap is None and reason.startswith("undefined, because the all-labels model is not better")
 
 
 def _fake_la(root: Path, n: int = 10) -> Path:
