@@ -273,14 +273,22 @@ def gap_closure(dice_ad: Optional[float], dice_labeled: Optional[float], dice_fu
     return (dice_ad - dice_labeled) / denominator
 
 
+# Below this Dice difference between the all-labels and labeled-only models the gap closure's denominator is noise.
+MEANINGFUL_GAP = 0.01
+
+
 def report_gap_closure(dice: Dict[str, Optional[float]]) -> tuple[Optional[float], Optional[str]]:
-    """(gap closure, None), or (None, why it is missing) from ``{method key: mean Dice}`` of the runs made."""
+    """(gap closure, None); (None, why it is missing); or (gap closure, why it is not meaningful) when the
+    all-labels model beats the labeled-only one by less than ``MEANINGFUL_GAP``; from ``{method key: mean Dice}``."""
     if "full" not in dice:
         return None, "not computed, because the all-labels run was skipped (--methods without full)"
     gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
     if gap is None:
         return None, ("undefined, because the all-labels model is not better than the labeled-only model at this "
                       "budget")
+    if dice["full"] - dice["labeled_only"] < MEANINGFUL_GAP:
+        return gap, (f"not meaningful: the all-labels model is only {100 * (dice['full'] - dice['labeled_only']):.2f} "
+                     f"Dice points better than the labeled-only one at this budget, well within case-to-case noise")
     return gap, None
 
 
@@ -805,7 +813,8 @@ def render_markdown(r: dict) -> str:
     if r["gap_closure"] is None:
         lines.append(f"{formula}: {r['gap_closure_reason']}.")
     else:
-        lines.append(f"{formula} = **{100 * r['gap_closure']:.1f} %**.")
+        caution = f" Caution, {r['gap_closure_reason']}." if r.get("gap_closure_reason") else ""
+        lines.append(f"{formula} = **{100 * r['gap_closure']:.1f} %**.{caution}")
     if r["ad_beats_labeled_only"] is False:
         lines.append(f"\n**A&D does NOT beat the labeled-only baseline here** (Dice {100 * d['ad']:.2f} % vs. "
                      f"{100 * d['labeled_only']:.2f} %).")

@@ -281,6 +281,10 @@ def test_budget_and_gap_closure():
     assert rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.90}) == (pytest.approx(0.5), None)
     gap, reason = rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.80})
     assert gap is None and reason.startswith("undefined, because the all-labels model is not better")
+    # session 2's LA result: the denominator (0.31 points) is noise, so the ratio comes with a caution
+    gap, reason = rsb.report_gap_closure({"ad": 0.7140, "labeled_only": 0.8213, "full": 0.8244})
+    assert gap == pytest.approx(-34.6, abs=0.1) and reason.startswith("not meaningful: the all-labels model is only "
+                                                                       "0.31 Dice points better")
 
 
 def _fake_la(root: Path, n: int = 10) -> Path:
