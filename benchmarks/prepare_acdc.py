@@ -77,9 +77,10 @@ GROUPS_FILENAME = "pathology_groups.json"
 DEFAULT_NAMES = {"imbssl": (121, "ACDCimb"), "uda": (122, "ACDCuda"), "semidg": (123, "ACDCdg")}
 # UDA domain names: source, target training (unlabeled), target test (held out); B and Bt share one preset.
 SOURCE_DOMAIN, TARGET_DOMAIN, TARGET_TEST_DOMAIN = "A", "B", "Bt"
-# The CPU tier of docs/benchmarks.md (2 cores, at most about 75 min per table; an estimate, see there).
+# The CPU tier of docs/benchmarks.md (2 cores, at most 75 min per table). Measured there: an A&D step 2.0 s, an
+# nnU-Net step 0.36 s, about 2 min of planning, prediction and evaluation; 750 steps of all three runs: about 38 min.
 CPU_PRESET, CPU_ITERATIONS_PER_EPOCH, CPU_DDIM_STEPS = "acdc_cpu_2d", 50, 10
-CPU_STEPS = {"imbssl": 500, "uda": 500, "semidg": 500}
+CPU_STEPS = {"imbssl": 750, "uda": 750, "semidg": 750}
 
 RECIPES = {
     "imbssl": "rs = numpy.random.RandomState(seed); test = stratified_draw(all patients by pathology group, "
