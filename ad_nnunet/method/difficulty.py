@@ -32,7 +32,8 @@ is. Its overall scale is arbitrary: the first update sees every class "learn" fr
 (:math:`\log(\mathrm{Dice}/\varepsilon) \approx 18`) while unlearn is still 0, so :math:`d_c` starts near 0.03, and
 :math:`\text{dw}_c \to 1 - \mathrm{Dice}_c` shrinks as training succeeds. Measured on LA (3d_cpu, 600 steps) the
 weights fell to [0.03, 0.19]; since they scale the Dice term, :math:`D_\psi` trained about five times slower than an
-unweighted decoder and reached 70.8 % Dice on development cases where plain nnU-Net reached 84.5 %. With
+unweighted decoder and (with the decoders also initialised independently, see ad_net.py) reached 70.8 % Dice on
+development cases where plain nnU-Net reached 84.5 %. With
 ``normalize=True`` the weights are rescaled to mean 1,
 
 .. math:: w_c = C\, \frac{d_c\, \text{dw}_c}{\sum_k d_k\, \text{dw}_k},

@@ -11,8 +11,8 @@ whose encoder and decoder become the shared encoder E and the unlabeled/inferenc
   start from the same weights: D_theta follows the parameter-wise mean of the other two, and the mean of two
   independently initialised networks is not a network that computes anything like either (their hidden units are
   arbitrarily permuted against each other). Started together, the three stay in one basin, as in weight averaging
-  and mean-teacher models. (The official code initialises them independently; measured on LA at 600 steps its
-  D_theta reached 70.2 % Dice on development cases where plain nnU-Net reached 84.5 %.)
+  and mean-teacher models. (The official code initialises them independently; with that and the official DRS
+  scale, D_theta reached 70.2 % Dice on LA development cases after 600 steps where plain nnU-Net reached 84.5 %.)
 - ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
   projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
 - ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
