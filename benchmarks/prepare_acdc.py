@@ -66,11 +66,10 @@ for _p in (REPO, REPO / "benchmarks"):  # run as a script from a source checkout
 from ad_nnunet import __version__  # noqa: E402
 from ad_nnunet.data.domain_shift import (derive_domain_dataset, patient_group, simulate_domains,  # noqa: E402
                                          vendor_presets)
-from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases  # noqa: E402
+from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, new_dataset_folder  # noqa: E402
 from ad_nnunet.data.settings import _stratified_draw  # noqa: E402
 from ad_nnunet.errors import ADInputError  # noqa: E402
 from prepare_la import SPLIT_FILENAME, _link_or_copy, _sha256  # noqa: E402
-from ad_nnunet.data.raw import new_dataset_folder  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "Dataset102_ACDC"
 GROUPS_FILENAME = "pathology_groups.json"

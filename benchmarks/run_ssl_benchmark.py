@@ -699,11 +699,12 @@ class Benchmark:
                 continue
             src = self.model_folder(m) / AD_PROGRESS
             name = AD_PROGRESS if m.key == "ad" else f"{m.key}_{AD_PROGRESS}"
+            copied[m.key] = None
             if src.is_file():
                 tmp = self.out / f".{name}.tmp{os.getpid()}"
                 shutil.copy2(src, tmp)
                 os.replace(tmp, self.out / name)
-            copied[m.key] = name if src.is_file() else None
+                copied[m.key] = name
         return copied
 
     def run(self) -> Path:

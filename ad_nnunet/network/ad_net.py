@@ -100,11 +100,11 @@ class ADNet(nn.Module):
                 nn.Linear(TIME_EMBED_DIM, c) for c in list(self.encoder.output_channels[:-1])[::-1])
 
     def _twin(self, decoder: nn.Module) -> nn.Module:
-        """A decoder with ``decoder``'s weights (module docstring: why the decoders start identical)."""
-        clone = copy.deepcopy(decoder)
-        _detach_encoder_reference(clone, self.encoder)
-        _freeze_deep_supervision_heads(clone)
-        return clone
+        """A decoder with ``decoder``'s weights (module docstring: why the decoders start identical).
+
+        The memo keeps the shared encoder (an attribute of ``decoder``, not a submodule) shared instead of copying it;
+        frozen deep-supervision heads stay frozen, since deepcopy keeps ``requires_grad``."""
+        return copy.deepcopy(decoder, memo={id(self.encoder): self.encoder})
 
     @property
     def _has_separate_stem(self) -> bool:
