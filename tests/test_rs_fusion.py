@@ -85,3 +85,23 @@ def test_shape_and_tau_validation():
         rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), sm)
     with pytest.raises(ValueError):
         rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), sm, tau=0.0)
+
+
+def test_diffusion_logits_are_clipped_like_the_official_pred_xstart():
+    # D_xi says class 0 with logits +-50, D_psi says class 1 with probability 0.98. Unclipped, the Gumbel sample is
+    # one-hot for class 0 everywhere and D_psi can never win; clipped to [-1, 1] (official pred_xstart) the sample
+    # stays soft, and D_psi's confident vote decides most voxels.
+    sm = GaussianSmoothing(2, dim=2)
+    xi = torch.zeros(4, 2, 16, 16)
+    xi[:, 0], xi[:, 1] = 50.0, -50.0
+    psi = torch.zeros(4, 2, 16, 16)
+    psi[:, 1] = 4.0
+    clipped = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0))
+    unclipped = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), xstart_clip=None)
+    assert (unclipped == 0).all()
+    assert (clipped == 1).float().mean() > 0.5
+    # clipping is exactly a clamp of the input, with the same Gumbel noise
+    same = rs_pseudo_label(xi.clamp(-1, 1), psi, sm, generator=torch.Generator().manual_seed(0), xstart_clip=None)
+    assert torch.equal(clipped, same)
+    with pytest.raises(ValueError, match="xstart_clip"):
+        rs_pseudo_label(xi, psi, sm, xstart_clip=0.0)

@@ -4,7 +4,8 @@ The diffusion decoder's DDIM logits :math:`\ell^\xi` are *reparameterized* with 
 with a small Gaussian kernel, and added to the softmax of the plain decoder's logits :math:`\ell^\psi`:
 
 .. math::
-    \hat y = \arg\max_c \Big[ (G_\sigma * \mathrm{GS}_\tau(\ell^\xi))_c + \mathrm{softmax}(\ell^\psi)_c \Big],
+    \hat y = \arg\max_c \Big[ (G_\sigma * \mathrm{GS}_\tau(\mathrm{clip}(\ell^\xi, -1, 1)))_c
+        + \mathrm{softmax}(\ell^\psi)_c \Big],
 
 .. math::
     \mathrm{GS}_\tau(\ell)_c = \frac{\exp((\ell_c + g_c)/\tau)}{\sum_k \exp((\ell_k + g_k)/\tau)}, \qquad
@@ -13,6 +14,12 @@ with a small Gaussian kernel, and added to the softmax of the plain decoder's lo
 with :math:`\tau = 1` (soft sample, ``hard=False``) and :math:`G_\sigma` a normalised, depthwise Gaussian kernel
 (size 3, :math:`\sigma = 1`): :math:`k(\mathbf x) \propto \exp(-\lVert \mathbf x \rVert^2 / 2\sigma^2)` on the
 offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`. There is no confidence threshold.
+
+**Clipping.** The Gumbel-softmax gets the diffusion stream's ``pred_xstart`` as the official code does: its DDIM
+sampler runs with ``clip_denoised=True``, so the last step's :math:`x_0` output is clamped to :math:`[-1, 1]` before
+the fusion. With two classes the logit gap is then at most 2, the Gumbel sample stays soft, and the diffusion
+stream *votes* rather than decides; unclipped logits of magnitude 10+ would make the sample one-hot, so that the
+softmax of :math:`D_\psi` could almost never change the pseudo-label.
 
 **Borders.** The output keeps the input's size. The image is extended by *replicating* its border voxels rather
 than by zeros (the official code zero-pads), so a constant field is preserved up to the border and the smoothed
@@ -85,7 +92,8 @@ def _gumbel_softmax(logits: torch.Tensor, tau: float, generator: Optional[torch.
 
 @torch.no_grad()
 def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
-                    tau: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                    tau: float = 1.0, generator: Optional[torch.Generator] = None,
+                    xstart_clip: Optional[float] = 1.0) -> torch.Tensor:
     r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad.
 
     Args:
@@ -94,11 +102,17 @@ def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing
         smoothing: :class:`GaussianSmoothing` with ``channels == C`` and matching ``dim``.
         tau: Gumbel-softmax temperature :math:`\tau > 0`.
         generator: optional ``torch.Generator`` on the logits' device for the Gumbel noise.
+        xstart_clip: :math:`\ell^\xi` is clamped to ``[-xstart_clip, xstart_clip]`` before the Gumbel-softmax
+            (module docstring); None leaves it unclipped.
     """
     if logits_xi.shape != logits_psi.shape:
         raise ValueError(f"logits_xi {tuple(logits_xi.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
     if tau <= 0 or not math.isfinite(tau):
         raise ValueError(f"tau must be a positive finite number, got {tau}")
+    if xstart_clip is not None:
+        if xstart_clip <= 0 or not math.isfinite(xstart_clip):
+            raise ValueError(f"xstart_clip must be a positive finite number or None, got {xstart_clip}")
+        logits_xi = logits_xi.clamp(-xstart_clip, xstart_clip)
     score = smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
     return score.argmax(dim=1, keepdim=True)
 
