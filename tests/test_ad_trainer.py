@@ -176,7 +176,7 @@ def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny)
     unlabeled = next(trainer.dataloader_unlabeled)["data"]
     logits_xi = trainer.diffusion_pseudo_logits(unlabeled)
     assert not logits_xi.requires_grad
-    terms = trainer.loss_terms(batch["data"], batch["target"].long(), unlabeled)
+    terms = trainer.loss_terms(batch["data"], [t.long() for t in batch["target"]], unlabeled)
     trainer.optimizer.zero_grad(set_to_none=True)
     terms["L_u"].backward()
     grads = {k: p.grad for k, p in trainer.core.named_parameters() if p.requires_grad}
@@ -186,22 +186,53 @@ def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny)
 
 
 ABLATIONS = {
-    "ADTrainer_noSVDA": {"use_svda": False},
+    "ADTrainer_noSVDA": {"svda_labeled": False, "svda_unlabeled": False},
     "ADTrainer_noDRS": {"use_difficulty_weights": False},
     "ADTrainer_noRS": {"use_rs_fusion": False},
     "ADTrainer_noDiffusion": {},
 }
 IGNORED = {"logger", "log_file", "my_init_kwargs", "output_folder", "output_folder_base", "network",
            "optimizer", "lr_scheduler", "grad_scaler", "loss", "label_manager", "plans_manager",
-           "configuration_manager", "dataset_json", "plans", "smoothing", "diffusion", "dataset_class"}
+           "configuration_manager", "dataset_json", "plans", "smoothing", "diffusion", "dataset_class",
+           "supervised_loss"}
+
+
+def _differing_attributes(trainer, reference) -> dict:
+    ours, theirs = vars(trainer), vars(reference)
+    return {k: ours[k] for k in ours if k not in IGNORED and ours[k] != theirs.get(k)}
+
+
+def test_paper_recipe_differs_from_ADTrainer_in_the_supervised_half_only(tiny):
+    paper, default = make_trainer(tiny, "ADTrainer_paper"), make_trainer(tiny, "ADTrainer")
+    assert _differing_attributes(paper, default) == {"svda_labeled": True, "use_difficulty_weights": True}
+    assert type(default).psi_deep_supervision and not type(paper).psi_deep_supervision
+
+
+def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation(tiny):
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from ad_nnunet.method.svda import SVDATransform
+
+    trainer = make_trainer(tiny)
+    trainer.on_train_start()
+    batch = next(trainer.dataloader_train)
+    assert isinstance(batch["target"], list) and len(batch["target"]) > 1  # nnU-Net's deep-supervision targets
+    assert isinstance(trainer.supervised_loss, DeepSupervisionWrapper)
+    assert not any(isinstance(t, SVDATransform) for t in trainer.dataloader_train.data_loader.transforms.transforms)
+    targets = [t.long() for t in batch["target"]]
+    x_t, t = trainer.noisy_labels(targets[0])
+    out = trainer.network(batch["data"], mode="train", x_t=x_t, t=t)
+    assert isinstance(out["psi"], list) and [o.shape[2:] for o in out["psi"]] == [t.shape[2:] for t in targets]
+    # L_diff is exactly nnU-Net's loss of the same outputs
+    assert torch.allclose(trainer.supervised_loss_of_psi(out["psi"], targets, None), trainer.supervised_loss(out["psi"], targets))
+    # nnU-Net's validation path (D_theta, one output) is untouched
+    assert trainer.network(batch["data"]).shape[2:] == batch["target"][0].shape[2:]
+    trainer.on_train_end()
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_ablation_differs_from_ADTrainer_only_in_its_part(tiny, name):
-    reference, ablation = make_trainer(tiny, "ADTrainer"), make_trainer(tiny, name)
-    ours, theirs = vars(ablation), vars(reference)
-    differing = {k: ours[k] for k in ours if k not in IGNORED and ours[k] != theirs.get(k)}
-    assert differing == ABLATIONS[name]
+def test_ablation_differs_from_the_paper_recipe_only_in_its_part(tiny, name):
+    reference, ablation = make_trainer(tiny, "ADTrainer_paper"), make_trainer(tiny, name)
+    assert _differing_attributes(ablation, reference) == ABLATIONS[name]
     assert type(ablation).with_diffusion_stream == (name != "ADTrainer_noDiffusion")
     # it trains (a few tiny steps)
     for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "ddim_steps"):
@@ -292,3 +323,46 @@ def test_training_without_raw_data_uses_the_preprocessed_unlabeled_cases(tiny, t
         assert "not found under nnUNet_raw" in log
     finally:
         shutil.move(tmp_path / "raw_elsewhere", tiny["raw"])
+
+
+def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
+    """adnnunet_warm_start writes an epoch-0 checkpoint whose D_theta is the nnU-Net model; `nnUNetv2_train --c`
+    then trains every epoch of the A&D schedule from it."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    nnunet = get_trainer_from_args(str(tiny["dataset_id"]), CONFIG, 0, "nnUNetTrainer", "nnUNetPlans",
+                                   device=torch.device("cpu"))
+    nnunet.initialize()
+    with torch.no_grad():  # a model that is not nnU-Net's initialisation
+        for p in nnunet.network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    source = os.path.join(nnunet.output_folder, "checkpoint_final.pth")
+    nnunet.save_checkpoint(source)
+    cmd = ["adnnunet_warm_start", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-i", source,
+           "-tr", "ADTrainer_tiny"]
+    done = run_cli(cmd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--c" in done.stdout
+    out = output_folder(tiny)
+    assert json.load(open(os.path.join(out, "warm_start.json")))["source_checkpoint"] == source
+
+    trainer = make_trainer(tiny)
+    trainer.initialize()
+    trainer.load_checkpoint(os.path.join(out, "checkpoint_latest.pth"))
+    assert trainer.current_epoch == 0
+    x = torch.randn(1, 1, *trainer.configuration_manager.patch_size)
+    nnunet.network.eval(), trainer.network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.network(x), nnunet.network(x)[0])
+
+    # an existing run is not overwritten by accident; a missing source is a clear error
+    again = run_cli(cmd)
+    assert again.returncode == 2 and "already holds checkpoint_latest.pth" in again.stderr and "--overwrite" in again.stderr
+    missing = run_cli(cmd[:-4] + ["-i", source + ".nope", "-tr", "ADTrainer_tiny", "--overwrite"])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+    train = run_cli(["nnUNetv2_train", str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_tiny", "-device", "cpu",
+                     "--c"])
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    final = torch.load(os.path.join(out, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert len(final["logging"]["L_u"]) == trainer.num_epochs  # no epoch skipped

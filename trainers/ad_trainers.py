@@ -11,5 +11,6 @@ from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_noDRS,
     ADTrainer_noRS,
     ADTrainer_noSVDA,
+    ADTrainer_paper,
     ADTrainer_tiny,
 )

@@ -16,6 +16,9 @@ whose encoder and decoder become the shared encoder E and the unlabeled/inferenc
 - ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
   projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
 - ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
+- Deep supervision: only D_psi, the decoder trained on the labels, may use it (``psi_deep_supervision``), so that
+  the supervised half of A&D is trained exactly as nnU-Net trains its U-Net. D_theta and D_xi output full
+  resolution only; their deep-supervision heads exist (same state dict as nnU-Net's U-Net) but are frozen.
 
 The decoders hold no reference to the encoder as a submodule (dynamic-network-architectures' UNetDecoder
 registers one), so the state dict has no duplicated encoder weights.
@@ -76,7 +79,8 @@ def _add_time(h: torch.Tensor, projection: nn.Linear, temb: torch.Tensor) -> tor
 
 
 class ADNet(nn.Module):
-    def __init__(self, unet: nn.Module, diffusion_stem: nn.Module, num_classes: int, with_diffusion: bool = True):
+    def __init__(self, unet: nn.Module, diffusion_stem: nn.Module, num_classes: int, with_diffusion: bool = True,
+                 psi_deep_supervision: bool = False):
         super().__init__()
         if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.encoder, "stages")
                 and hasattr(unet.decoder, "transpconvs")):
@@ -90,6 +94,10 @@ class ADNet(nn.Module):
         self.decoder.deep_supervision = False
         _freeze_deep_supervision_heads(self.decoder)
         self.decoder_psi = self._twin(self.decoder)
+        self.psi_deep_supervision = psi_deep_supervision
+        if psi_deep_supervision:
+            self.decoder_psi.seg_layers.requires_grad_(True)
+            self.decoder_psi.deep_supervision = True
         self.difficulty = DifficultyWeights(num_classes)
         if with_diffusion:
             self.decoder_xi = self._twin(self.decoder)
@@ -145,6 +153,11 @@ class ADNet(nn.Module):
         temb = self.time_embedding(t)
         return self.decode_xi(self.encode_noisy(x, x_t, temb), temb)
 
+    @staticmethod
+    def full_resolution(output):
+        """The full-resolution logits of a decoder output (the first of a deep-supervision list)."""
+        return output[0] if isinstance(output, (list, tuple)) else output
+
     # ---- the one entry point ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mode: str = "segment", x_t: Optional[torch.Tensor] = None,
                 t: Optional[torch.Tensor] = None, x_unlabeled: Optional[torch.Tensor] = None):
@@ -153,7 +166,8 @@ class ADNet(nn.Module):
         mode "denoise": D_xi(E_noisy(x, x_t, t)) logits (DDIM sampling).
         mode "train":   dict with the gradient-carrying outputs of one A&D step:
             "xi":      D_xi on the labeled batch's noisy labels (if the diffusion stream exists),
-            "psi":     D_psi(E(x)) on the labeled batch,
+            "psi":     D_psi(E(x)) on the labeled batch (with ``psi_deep_supervision``: nnU-Net's list of
+                       outputs, full resolution first),
             "theta_u": D_theta(E(x_u)) on the unlabeled batch,
             "psi_u":   D_psi on the SAME unlabeled skips, without gradient (one encoder pass serves both).
         """
@@ -169,13 +183,13 @@ class ADNet(nn.Module):
                 skips_u = self.encode(x_unlabeled)
                 out["theta_u"] = self.decoder(skips_u)
                 with torch.no_grad():
-                    out["psi_u"] = self.decoder_psi([s.detach() for s in skips_u])
+                    out["psi_u"] = self.full_resolution(self.decoder_psi([s.detach() for s in skips_u]))
             return out
         raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'denoise' or 'train'")
 
 
 def build_ad_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int,
-                     with_diffusion: bool = True) -> ADNet:
+                     with_diffusion: bool = True, psi_deep_supervision: bool = False) -> ADNet:
     """ADNet from nnU-Net's plans: nnU-Net builds the U-Net (and a second one, for the image+label stem)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -190,4 +204,4 @@ def build_ad_network(plans_manager, configuration_manager, num_input_channels: i
     if with_diffusion:
         noisy_encoder = unet(num_input_channels + num_classes).encoder
         stem = noisy_encoder.stem if getattr(noisy_encoder, "stem", None) is not None else noisy_encoder.stages[0]
-    return ADNet(net, stem, num_classes, with_diffusion=with_diffusion)
+    return ADNet(net, stem, num_classes, with_diffusion=with_diffusion, psi_deep_supervision=psi_deep_supervision)

@@ -4,7 +4,8 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
 
     theta <- m * theta + (1 - m) * (xi + psi) / 2                       (decoupled decoder, m = 0.99)
     L_deno = DiceCE(D_xi(x_l, q_sample(2 onehot(y_l) - 1, t), t), y_l)  (diffusion stream, x0-prediction)
-    L_diff = DiceCE_w(D_psi(x_l), y_l),  w = DRS(D_xi's labeled prediction)
+    L_diff = nnU-Net's deep-supervised Dice+CE of D_psi(x_l) against y_l  (the paper's recipe, ADTrainer_paper:
+             full-resolution DiceCE_w with w = DRS(D_xi's labeled prediction))
     y_hat  = argmax(GaussSmooth(GumbelSoftmax(DDIM(x_u))) + Softmax(D_psi(x_u)))   (RS fusion, no gradient)
     L_u    = DiceCE(D_theta(x_u), y_hat)
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
@@ -14,9 +15,11 @@ Everything else is nnU-Net's: plans, preprocessing, patch sampling, optimizer, p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import asdict
+from functools import partial
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -25,6 +28,7 @@ import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -47,6 +51,9 @@ class ADTrainer(nnUNetTrainer):
     # A class attribute, not an instance one: nnU-Net's predictor builds the network through the class without
     # instantiating the trainer, and the checkpoint's keys depend on whether the diffusion stream exists.
     with_diffusion_stream = True
+    # D_psi is trained as nnU-Net trains its U-Net, deep supervision included. A class attribute as well: which
+    # parameters are trainable (and so what DDP expects gradients for) depends on it.
+    psi_deep_supervision = True
     # Variants override attributes set in __init__ by name (see variants.py).
     overrides: Dict[str, object] = {}
 
@@ -64,17 +71,20 @@ class ADTrainer(nnUNetTrainer):
         self.num_iterations_per_epoch = 150
         self.num_val_iterations_per_epoch = 25
         self.save_every = 5
-        self.enable_deep_supervision = False  # three decoders; A&D trains each at full resolution only
+        # nnU-Net's own flag stays off: it governs validation and prediction, which use D_theta at full resolution.
+        # D_psi's deep supervision (psi_deep_supervision) is set up by this class, with nnU-Net's scales and loss.
+        self.enable_deep_supervision = False
         # A&D hyperparameters (defaults from the paper / official code, see docs/method.md).
         self.ema_momentum = 0.99            # theta <- m theta + (1 - m) (xi + psi) / 2
         self.unlabeled_loss_weight = 2.0    # mu
         self.mu_rampup_epochs: Optional[float] = None  # None: the whole run (official default)
         self.diffusion_timesteps = 1000
         self.ddim_steps = 10
-        self.use_svda = True
+        self.svda_labeled = False           # labeled batches: nnU-Net's augmentation (the paper: SVDA)
+        self.svda_unlabeled = True          # unlabeled batches: SVDA, as in the paper
         self.svda_num_ops = 3
         self.svda_p_op = 0.7
-        self.use_difficulty_weights = True
+        self.use_difficulty_weights = False  # DRS weights on D_psi's loss (the paper: on)
         self.use_rs_fusion = True
         self.gumbel_tau = 1.0
         self.smoothing_kernel_size = 3
@@ -97,10 +107,22 @@ class ADTrainer(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> ADNet:
         return build_ad_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                with_diffusion=cls.with_diffusion_stream)
+                                with_diffusion=cls.with_diffusion_stream,
+                                psi_deep_supervision=cls.psi_deep_supervision)
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        """No-op: ADNet's decoders never use deep supervision."""
+        """No-op: D_theta and D_xi never use deep supervision, D_psi always does when ``psi_deep_supervision``."""
+
+    @contextlib.contextmanager
+    def _nnunet_deep_supervision_for_psi(self):
+        """nnU-Net computes deep-supervision scales and builds its deep-supervised loss only while its own flag is
+        on; D_psi needs both while the flag stays off for D_theta (validation, prediction)."""
+        saved = self.enable_deep_supervision
+        self.enable_deep_supervision = self.psi_deep_supervision
+        try:
+            yield
+        finally:
+            self.enable_deep_supervision = saved
 
     def _do_i_compile(self):
         # torch.compile recompiles ADNet.forward per mode; opt in with nnUNet_compile=1 only.
@@ -114,6 +136,8 @@ class ADTrainer(nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
+        with self._nnunet_deep_supervision_for_psi():
+            self.supervised_loss = self._build_loss()  # nnU-Net's Dice+CE (deep-supervised with psi_deep_supervision)
         self.diffusion = LinearDiffusionSchedule(self.diffusion_timesteps)
         num_classes = self.label_manager.num_segmentation_heads
         self.smoothing = GaussianSmoothing(num_classes, self.smoothing_kernel_size, self.smoothing_sigma,
@@ -123,12 +147,23 @@ class ADTrainer(nnUNetTrainer):
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                                 foreground_labels=None, regions=None, ignore_label=None):
+        """Labeled batches: nnU-Net's pipeline (SVDA with ``svda_labeled``) plus D_psi's deep-supervision targets."""
+        with self._nnunet_deep_supervision_for_psi():
+            deep_supervision_scales = self._get_deep_supervision_scales()
         base = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                                do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded,
                                                foreground_labels, regions, ignore_label)
-        if not self.use_svda:
-            return base
-        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
+        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op) \
+            if self.svda_labeled else base
+
+    def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
+        """Unlabeled batches: SVDA over nnU-Net's pipeline (nnU-Net's own with ``svda_unlabeled = False``)."""
+        base = nnUNetTrainer.get_training_transforms(
+            patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels)
+        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op) \
+            if self.svda_unlabeled else base
 
     def do_split(self):
         from ad_nnunet.data.settings import default_fold, load_fold
@@ -174,10 +209,8 @@ class ADTrainer(nnUNetTrainer):
             dist.barrier()
         rotation_for_DA, do_dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        transforms = self.get_training_transforms(
-            self.configuration_manager.patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=self.label_manager.foreground_labels)
+        transforms = self.get_unlabeled_transforms(self.configuration_manager.patch_size, rotation_for_DA,
+                                                   mirror_axes, do_dummy_2d)
         loader = build_unlabeled_loader(
             unlabeled_folder(dataset, self.configuration_name, self.plans_manager.plans_name), identifiers,
             self.batch_size, initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
@@ -202,7 +235,9 @@ class ADTrainer(nnUNetTrainer):
     # ---- one A&D step ----------------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict:
         image = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"].to(self.device, non_blocking=True).long()
+        # one target per deep-supervision output of D_psi, full resolution first (a single one without)
+        target = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
+        target = [t.to(self.device, non_blocking=True).long() for t in target]
         unlabeled = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
 
         self.update_decoupled_decoder()
@@ -217,20 +252,32 @@ class ADTrainer(nnUNetTrainer):
                 **{k: v.detach().cpu().numpy() for k, v in terms.items() if torch.is_tensor(v)},
                 "pseudo_fg_fraction": terms["pseudo_fg_fraction"]}
 
-    def loss_terms(self, image: torch.Tensor, target: torch.Tensor, unlabeled: torch.Tensor) -> Dict:
-        """L_deno, L_diff and L_u for one labeled and one unlabeled batch (plus diagnostics)."""
+    def loss_terms(self, image: torch.Tensor, target: List[torch.Tensor], unlabeled: torch.Tensor) -> Dict:
+        """L_deno, L_diff and L_u for one labeled batch (targets per deep-supervision scale, full resolution first)
+        and one unlabeled batch (plus diagnostics)."""
+        full = target[0]
         logits_xi_u = self.diffusion_pseudo_logits(unlabeled) if self.with_diffusion_stream else None
-        x_t, t = self.noisy_labels(target) if self.with_diffusion_stream else (None, None)
+        x_t, t = self.noisy_labels(full) if self.with_diffusion_stream else (None, None)
         out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=unlabeled)
-        labeled_for_drs = out["xi"] if self.with_diffusion_stream else out["psi"]
-        weights = self.core.difficulty.update(labeled_for_drs.detach().float(), target) \
+        labeled_for_drs = out["xi"] if self.with_diffusion_stream else ADNet.full_resolution(out["psi"])
+        weights = self.core.difficulty.update(labeled_for_drs.detach().float(), full) \
             if self.use_difficulty_weights else None
         pseudo = self.pseudo_label(logits_xi_u, out["psi_u"])
-        zero = out["psi"].new_zeros(())
-        return {"L_deno": dice_ce_loss(out["xi"], target) if self.with_diffusion_stream else zero,
-                "L_diff": dice_ce_loss(out["psi"], target, weights),
+        zero = out["theta_u"].new_zeros(())
+        return {"L_deno": dice_ce_loss(out["xi"], full) if self.with_diffusion_stream else zero,
+                "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),
                 "L_u": dice_ce_loss(out["theta_u"], pseudo),
                 "pseudo_fg_fraction": float((pseudo > 0).float().mean())}
+
+    def supervised_loss_of_psi(self, output, target: List[torch.Tensor], class_weights: Optional[torch.Tensor]):
+        """nnU-Net's loss of D_psi; with DRS weights, the class-weighted Dice+CE at every deep-supervision scale
+        (nnU-Net's scale weights), since nnU-Net's Dice+CE has no per-class weights."""
+        outputs = output if self.psi_deep_supervision else [output]
+        if class_weights is None:
+            return self.supervised_loss(output, target if self.psi_deep_supervision else target[0])
+        scale_weights = self.supervised_loss.weight_factors if self.psi_deep_supervision else (1.0,)
+        return DeepSupervisionWrapper(partial(dice_ce_loss, class_weights=class_weights), scale_weights)(
+            outputs, target)
 
     @torch.no_grad()
     def update_decoupled_decoder(self):

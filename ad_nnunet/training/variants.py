@@ -23,22 +23,30 @@ class ADTrainer_tiny(ADTrainer):
                  "ddim_steps": 2, "save_every": 1}
 
 
-# ---- ablations: one per row of the paper's ablation table -------------------------------------------------------
-class ADTrainer_noSVDA(ADTrainer):
-    """Without SVDA: nnU-Net's default augmentation on labeled and unlabeled batches."""
-    overrides = {"use_svda": False}
+# ---- the paper's recipe and its ablations -------------------------------------------------------------------------
+class ADTrainer_paper(ADTrainer):
+    """The paper's recipe (with the fixes of docs/method.md): D_psi without deep supervision, trained on the
+    DRS-weighted Dice+CE (background included), SVDA on labeled and unlabeled batches."""
+    psi_deep_supervision = False
+    overrides = {"svda_labeled": True, "use_difficulty_weights": True}
 
 
-class ADTrainer_noDiffusion(ADTrainer):
-    """Without the diffusion stream: no D_xi, DRS from D_psi, pseudo-labels argmax(D_psi), theta <- EMA of psi."""
+class ADTrainer_noSVDA(ADTrainer_paper):
+    """The paper's ablation without SVDA: nnU-Net's default augmentation on labeled and unlabeled batches."""
+    overrides = {**ADTrainer_paper.overrides, "svda_labeled": False, "svda_unlabeled": False}
+
+
+class ADTrainer_noDiffusion(ADTrainer_paper):
+    """The paper's ablation without the diffusion stream: no D_xi, DRS from D_psi, pseudo-labels argmax(D_psi),
+    theta <- EMA of psi."""
     with_diffusion_stream = False
 
 
-class ADTrainer_noDRS(ADTrainer):
-    """Without difficulty-aware re-weighting: D_psi's DiceCE is unweighted."""
-    overrides = {"use_difficulty_weights": False}
+class ADTrainer_noDRS(ADTrainer_paper):
+    """The paper's ablation without difficulty-aware re-weighting: D_psi's DiceCE is unweighted."""
+    overrides = {**ADTrainer_paper.overrides, "use_difficulty_weights": False}
 
 
-class ADTrainer_noRS(ADTrainer):
-    """Without Reparameterize & Smooth: pseudo-label = plain argmax of the diffusion stream's DDIM logits."""
-    overrides = {"use_rs_fusion": False}
+class ADTrainer_noRS(ADTrainer_paper):
+    """The paper's ablation without Reparameterize & Smooth: pseudo-label = plain argmax of the DDIM logits."""
+    overrides = {**ADTrainer_paper.overrides, "use_rs_fusion": False}
