@@ -5,3 +5,44 @@ from ad_nnunet import ext_trainer_dir
 def ext_path_entry() -> None:
     """`adnnunet_ext_path`: print the folder for nnUNet_extTrainer (export nnUNet_extTrainer="$(adnnunet_ext_path)")."""
     print(ext_trainer_dir())
+
+
+def warm_start_entry(argv=None) -> int:
+    """`adnnunet_warm_start`: start an A&D run from a trained nnU-Net model (ad_nnunet/training/warm_start.py)."""
+    import argparse
+    import sys
+
+    import torch
+
+    from ad_nnunet.errors import ADInputError
+
+    p = argparse.ArgumentParser(
+        prog="adnnunet_warm_start",
+        description="Write an epoch-0 checkpoint of an A&D trainer initialised from a trained nnUNetTrainer model "
+                    "(every decoder then computes that model); continue with `nnUNetv2_train D C F -tr ADTrainer --c`.")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration, the one the nnU-Net model was trained with")
+    p.add_argument("-f", required=True, help="fold of the A&D run")
+    p.add_argument("-i", required=True, help="nnU-Net checkpoint, e.g. .../nnUNetTrainer__nnUNetPlans__3d_fullres/"
+                                             "fold_0/checkpoint_final.pth")
+    p.add_argument("-tr", default="ADTrainer", help="A&D trainer class (default ADTrainer)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing A&D run in that fold")
+    args = p.parse_args(argv)
+    try:
+        from nnunetv2.run.run_training import get_trainer_from_args
+
+        from ad_nnunet.training.ad_trainer import ADTrainer
+        from ad_nnunet.training.warm_start import write_warm_start_checkpoint
+
+        fold = args.f if args.f == "all" else int(args.f)
+        trainer = get_trainer_from_args(args.d, args.c, fold, args.tr, args.p, device=torch.device("cpu"))
+        if not isinstance(trainer, ADTrainer):
+            raise ADInputError(f"-tr {args.tr} is not an A&D trainer. Fix: pass ADTrainer or one of its variants.")
+        path = write_warm_start_checkpoint(trainer, args.i, overwrite=args.overwrite)
+    except ADInputError as e:
+        print(f"adnnunet_warm_start: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path} written (epoch 0, initialised from {args.i}).\n"
+          f"Next: nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr} -p {args.p} --c")
+    return 0
