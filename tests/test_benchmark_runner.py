@@ -212,6 +212,55 @@ def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress
                  "[difficulty weights trajectory](ad_progress.png)"):
         assert text in md, text
     assert "90.31" not in md  # the paper's LA numbers belong to the plain ssl report only
+    # paired per-case comparison: A&D equals labeled-only on one case and is 1/3 better on the other
+    paired = report["paired"]["ad_vs_labeled_only"]
+    assert (paired["n"], paired["wins"], paired["losses"], paired["ties"]) == (2, 1, 0, 1)
+    assert paired["mean_diff"] == pytest.approx(1 / 6) and paired["ci95"] == pytest.approx([0.0, 1 / 3])
+    assert "A&D minus nnU-Net, labeled only: **+16.67** Dice points per case" in md
+    assert "includes 0: not distinguishable from noise" in md and "Equal wall time" in md
+
+
+def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkeypatch):
+    """--warm_start_steps: nnU-Net trains steps - W, A&D W steps from it (adnnunet_warm_start, then --c). No training
+    here: commands are recorded; each fake run writes the checkpoint the next stage expects."""
+    ds = bench_dataset
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
+        "--warm_start_steps", "2", "--dev_cases", "2", "--methods", "ad", "labeled_only")))
+    args.n_proc_da = 0
+    bench = rsb.Benchmark(args, "cmd")
+    assert [m.key for m in bench.methods] == ["warm_source", "ad", "labeled_only"]
+    assert [bench.trainer(m) for m in bench.methods] == [
+        "BenchnnUNetTrainer_2x2", "BenchADTrainer_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
+    assert bench.dev == sorted((tmp_path / "unlabeled.txt").read_text().split())[:2]
+    assert bench.dev_methods == bench.methods  # the all-labels run is never scored on development cases
+    module = Path(bench.write_trainers({})["file"]).read_text()
+    for name, epochs in (("BenchnnUNetTrainer_2x2", 2), ("BenchADTrainer_1x2_ddim2", 1), ("BenchnnUNetTrainer_3x2", 3)):
+        body = module.split(f"class {name}(")[1].split("\nclass ")[0]
+        assert f"self._set_budget({epochs})" in body
+    assert module.count("self.ddim_steps = 2") == 1
+
+    calls = []
+
+    def fake_run_cmd(stage, cmd):
+        calls.append(cmd)
+        return 1.0
+
+    monkeypatch.setattr(bench, "run_cmd", fake_run_cmd)
+    monkeypatch.setattr(bench, "_checkpoint_facts", lambda path: {})
+    ad = bench.methods[1]
+    bench.model_folder(ad).mkdir(parents=True)
+    (bench.model_folder(ad) / "checkpoint_final.pth").write_bytes(b"")
+    bench.stage("warm_start", bench.warm_start)
+    bench.stage("train_ad", bench.train(ad))
+    source = bench.model_folder(bench.methods[0]) / "checkpoint_final.pth"
+    assert calls[0][:1] == ["adnnunet_warm_start"] and calls[0][calls[0].index("-i") + 1] == str(source)
+    assert calls[0][calls[0].index("-tr") + 1] == "BenchADTrainer_1x2_ddim2"
+    assert calls[1][:1] == ["nnUNetv2_train"] and calls[1][-1] == "--c"
+
+    # budgets that do not add up are refused
+    for bad in (("--warm_start_steps", "6"), ("--warm_start_steps", "3"), ("--dev_cases", "99")):
+        with pytest.raises(ADInputError):
+            rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "x", steps=6, extra=bad)), "cmd")
 
 
 def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drops_it(bench_dataset, tmp_path, capsys):
