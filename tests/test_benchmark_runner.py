@@ -420,3 +420,24 @@ def test_pack_helpers_wheel_rezip_archive_roundtrip_and_verify(tmp_path):
     archive.write_bytes(archive.read_bytes()[:-1])
     with pytest.raises(ADInputError, match="differs from the manifest"):
         pack_gpu_tier.verify(payload)
+
+
+def test_extra_trainers_are_ladder_rungs_with_the_same_budget(bench_dataset, tmp_path):
+    ds = bench_dataset
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=(
+        "--methods", "ad", "labeled_only", "--extra_trainers", "nnUNetTrainerNoDeepSupervision", "ADTrainer_paper")))
+    bench = rsb.Benchmark(args, "cmd")
+    assert [bench.trainer(m) for m in bench.methods] == [
+        "BenchADTrainer_2x2_ddim2", "BenchnnUNetTrainer_2x2", "BenchnnUNetTrainerNoDeepSupervision_2x2",
+        "BenchADTrainer_paper_2x2_ddim2"]
+    module_file = Path(bench.write_trainers({})["file"])
+    namespace = {}
+    exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)  # the generated module imports
+    from ad_nnunet.training.variants import ADTrainer_paper
+    from nnunetv2.training.nnUNetTrainer.variants.network_architecture.nnUNetTrainerNoDeepSupervision import (
+        nnUNetTrainerNoDeepSupervision)
+    assert issubclass(namespace["BenchADTrainer_paper_2x2_ddim2"], ADTrainer_paper)
+    assert issubclass(namespace["BenchnnUNetTrainerNoDeepSupervision_2x2"], nnUNetTrainerNoDeepSupervision)
+    with pytest.raises(ADInputError, match="no such trainer class"):
+        rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
+            "--extra_trainers", "NoSuchTrainer"))), "cmd")

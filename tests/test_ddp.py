@@ -8,6 +8,7 @@ across ranks.
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -27,11 +28,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, result_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, result_dir: str, psi_deep_supervision: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.manual_seed(0)  # identical initial weights on every rank, as DDP broadcasts anyway
-    net = DDP(build_ad_network(None, configuration(), 1, NUM_CLASSES))
+    net = DDP(build_ad_network(None, configuration(), 1, NUM_CLASSES, psi_deep_supervision=psi_deep_supervision))
     schedule = LinearDiffusionSchedule(1000)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     generator = torch.Generator().manual_seed(100 + rank)  # different data per rank
@@ -45,7 +46,14 @@ def _worker(rank: int, world_size: int, port: int, result_dir: str) -> None:
         out = net(x_l, mode="train", x_t=schedule.q_sample(encode_labels(y, NUM_CLASSES), t), t=t, x_unlabeled=x_u)
         weights = net.module.difficulty.update(out["xi"].detach(), y)
         pseudo = (logits_xi_u.softmax(1) + out["psi_u"].softmax(1)).argmax(1, keepdim=True)
-        loss = dice_ce_loss(out["xi"], y) + dice_ce_loss(out["psi"], y, weights) + dice_ce_loss(out["theta_u"], pseudo)
+        if psi_deep_supervision:  # every head, the lowest with nnU-Net's DDP weight of 1e-6 (0 would leave it unused)
+            targets = [torch.nn.functional.interpolate(y.float(), o.shape[2:], mode="nearest-exact").long()
+                       for o in out["psi"]]
+            loss_psi = sum(w * dice_ce_loss(o, t, weights)
+                           for w, o, t in zip([1.0] * (len(targets) - 1) + [1e-6], out["psi"], targets))
+        else:
+            loss_psi = dice_ce_loss(out["psi"], y, weights)
+        loss = dice_ce_loss(out["xi"], y) + loss_psi + dice_ce_loss(out["theta_u"], pseudo)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -56,9 +64,11 @@ def _worker(rank: int, world_size: int, port: int, result_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_ad_step_under_ddp(tmp_path):
+@pytest.mark.parametrize("psi_deep_supervision", [True, False], ids=["ADTrainer", "ADTrainer_paper"])
+def test_ad_step_under_ddp(tmp_path, psi_deep_supervision):
     world_size = 2
-    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path), psi_deep_supervision), nprocs=world_size,
+             join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size))
     torch.testing.assert_close(r0["grads"], r1["grads"])  # gradients were all-reduced
     torch.testing.assert_close(r0["params"], r1["params"])  # so the replicas stayed identical
