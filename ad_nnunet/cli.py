@@ -46,3 +46,48 @@ def warm_start_entry(argv=None) -> int:
     print(f"{path} written (epoch 0, initialised from {args.i}).\n"
           f"Next: nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr} -p {args.p} --c")
     return 0
+
+
+def export_entry(argv=None) -> int:
+    """`adnnunet_export`: an A&D run as a stock nnU-Net model folder (ad_nnunet/export.py)."""
+    import argparse
+    import os
+    import sys
+
+    from ad_nnunet.errors import ADInputError
+
+    p = argparse.ArgumentParser(
+        prog="adnnunet_export",
+        description="Write an A&D model as a stock nnU-Net model (trainer nnUNetTrainer: shared encoder + D_theta) "
+                    "that plain nnU-Net predicts with, without ad-nnunet installed.")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration")
+    p.add_argument("-f", nargs="+", required=True, help="fold(s), e.g. -f 0 1 2 3 4 (an ensemble, as in nnU-Net)")
+    p.add_argument("-tr", default="ADTrainer", help="A&D trainer of the run (default ADTrainer)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export (default checkpoint_final.pth)")
+    p.add_argument("-o", required=True, help="output root, used like nnUNet_results (nnUNet_results=DIR "
+                                             "nnUNetv2_predict -d D -c C -f F)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing exported model under -o")
+    args = p.parse_args(argv)
+    try:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        from ad_nnunet.export import export_stock_model
+
+        if not os.environ.get("nnUNet_results"):
+            raise ADInputError("nnUNet_results is not set. Fix: export nnUNet_results (the folder the run was "
+                               "trained into).")
+        try:
+            run = get_output_folder(args.d, args.tr, args.p, args.c)
+        except (RuntimeError, ValueError) as e:
+            raise ADInputError(f"dataset {args.d}: {e}. Fix: pass an existing dataset name or id.") from None
+        folds = [f if f == "all" else int(f) for f in args.f]
+        target = export_stock_model(run, folds, args.o, args.chk, args.overwrite)
+    except ADInputError as e:
+        print(f"adnnunet_export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{target} written. Predict without ad-nnunet:\n"
+          f"  nnUNet_results={os.path.abspath(args.o)} nnUNetv2_predict -i IN -o OUT -d {args.d} -c {args.c} "
+          f"-f {' '.join(args.f)}")
+    return 0

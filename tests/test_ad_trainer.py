@@ -71,6 +71,35 @@ def test_stock_commands_train_validate_and_predict(tiny, tmp_path):
         np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin())
         np.testing.assert_allclose(seg.GetDirection(), src.GetDirection())
 
+    # export as a stock nnU-Net model; plain nnU-Net, with ad_nnunet unimportable, predicts exactly the same
+    exported = tmp_path / "exported"
+    done = run_cli(["adnnunet_export", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-tr", "ADTrainer_tiny",
+                    "-o", str(exported)])
+    assert done.returncode == 0, done.stderr
+    model = exported / tiny["dataset_name"] / f"nnUNetTrainer__nnUNetPlans__{CONFIG}"
+    assert (model / "fold_0" / "checkpoint_final.pth").is_file() and (model / "plans.json").is_file()
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env["nnUNet_results"] = str(exported)
+    stock = tmp_path / "stock"
+    block = ("import sys; sys.modules['ad_nnunet'] = None; "  # any import of the plugin fails
+             "from nnunetv2.inference.predict_from_raw_data import predict_entry_point; "
+             "sys.argv = ['nnUNetv2_predict'] + sys.argv[1:]; predict_entry_point()")
+    plain = subprocess.run([sys.executable, "-c", block, "-i", images, "-o", str(stock), "-d", str(tiny["dataset_id"]),
+                            "-c", CONFIG, "-f", "0", "-device", "cpu", "--disable_tta"],
+                           env=env, capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    for name in sorted(os.listdir(images)):
+        case = name.replace("_0000", "")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stock / case))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / case))))
+    # an existing export is not overwritten by accident; a fold that was not trained is a clear error
+    again = run_cli(["adnnunet_export", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-tr",
+                     "ADTrainer_tiny", "-o", str(exported)])
+    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    nofold = run_cli(["adnnunet_export", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "3", "-tr",
+                      "ADTrainer_tiny", "-o", str(tmp_path / "other")])
+    assert nofold.returncode == 2 and "fold_3" in nofold.stderr and not (tmp_path / "other" / tiny["dataset_name"]).exists()
+
 
 class Interrupt(Exception):
     pass
