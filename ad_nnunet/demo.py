@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from ad_nnunet import ext_trainer_dir
+from ad_nnunet import console_command, ext_trainer_dir
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_ADPhantom"
@@ -27,7 +27,7 @@ TRAINER = "ADTrainer_demo"
 def _run(cmd: list, env: dict) -> None:
     print(f"\n$ {shlex.join(cmd)}", flush=True)
     started = time.time()
-    subprocess.run(cmd, env=env, check=True)
+    subprocess.run([console_command(cmd[0])] + cmd[1:], env=env, check=True)
     print(f"  ({time.time() - started:.0f} s)", flush=True)
 
 

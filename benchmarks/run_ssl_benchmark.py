@@ -487,7 +487,9 @@ class Benchmark:
 
     def run_cmd(self, stage: str, cmd: List[str]) -> float:
         """Run ``cmd`` with its output appended to logs/<stage>.log; return its wall time. Raises StageError."""
-        exe = shutil.which(cmd[0])
+        from ad_nnunet import console_command
+
+        exe = shutil.which(console_command(cmd[0]))
         if exe is None:
             raise StageError(f"stage '{stage}': command {cmd[0]} not found on PATH. Fix: install nnunetv2 and "
                              f"ad-nnunet (pip install -e .) in this environment.")
@@ -496,7 +498,7 @@ class Benchmark:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
             log.flush()
             t = time.time()
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(stage)).returncode
+            rc = subprocess.run([exe] + cmd[1:], stdout=log, stderr=subprocess.STDOUT, env=self.env(stage)).returncode
             seconds = time.time() - t
         if rc != 0:
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ad_nnunet import ext_trainer_dir
+from ad_nnunet import console_command, ext_trainer_dir
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.plans_presets import apply_preset
 
@@ -39,7 +39,8 @@ def output_folder(ds, trainer="ADTrainer_tiny"):
 
 
 def run_cli(args, **kwargs):
-    return subprocess.run(args, env=dict(os.environ), capture_output=True, text=True, **kwargs)
+    return subprocess.run([console_command(args[0])] + list(args[1:]), env=dict(os.environ), capture_output=True,
+                          text=True, **kwargs)
 
 
 def test_stock_commands_train_validate_and_predict(tiny, tmp_path):
@@ -153,7 +154,8 @@ def test_sigkill_mid_training_then_continue(tiny, tmp_path):
         "        super().__init__(plans, configuration, fold, dataset_json, device)\n"
         "        self.num_epochs = 40\n")
     env = dict(os.environ, nnUNet_extTrainer=os.pathsep.join([str(ext), ext_trainer_dir()]))
-    cmd = ["nnUNetv2_train", str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_killtest", "-device", "cpu"]
+    cmd = [console_command("nnUNetv2_train"), str(tiny["dataset_id"]), CONFIG, "0", "-tr", "ADTrainer_killtest",
+           "-device", "cpu"]
     latest = os.path.join(output_folder(tiny, "ADTrainer_killtest"), "checkpoint_latest.pth")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
