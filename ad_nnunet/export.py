@@ -24,6 +24,7 @@ from typing import Dict, Sequence, Union
 
 import torch
 
+from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.training.warm_start import sha256_of
 
@@ -63,7 +64,7 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
         if not path.is_file():
             raise ADInputError(f"{path} does not exist. Fix: train fold {fold} first (nnUNetv2_train ... {fold} -tr "
                                f"{run.name.split('__')[0]}), or pick an existing fold / -chk checkpoint.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
         if not any(k.startswith("decoder_psi.") for k in checkpoint.get("network_weights", {})):
             raise ADInputError(f"{path} is not an A&D checkpoint (no D_psi weights). Fix: pass an ADTrainer run; a "
                                f"plain nnU-Net model needs no export.")

@@ -663,9 +663,9 @@ class Benchmark:
 
     @staticmethod
     def _checkpoint_facts(path: Path) -> dict:
-        import torch
+        from ad_nnunet.checkpoints import load_checkpoint
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)
         log = ckpt.get("logging", {})
         starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
         facts = {"epochs_completed": len(ends),

@@ -35,6 +35,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch._dynamo import OptimizedModule
 
+from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.method.decoupling import ema_blend_
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule, encode_labels
@@ -360,7 +361,7 @@ class ADTrainer(nnUNetTrainer):
             return super().save_checkpoint(filename)
         tmp = filename + ".tmp"
         super().save_checkpoint(tmp)
-        checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(tmp)
         checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": _rng_state(),
                                   "skipped_steps": self.skipped_steps}
         torch.save(checkpoint, tmp)
@@ -370,7 +371,7 @@ class ADTrainer(nnUNetTrainer):
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("ADTrainer.load_checkpoint takes a checkpoint path (nnU-Net 2.8.1 cannot load dicts)")
         super().load_checkpoint(filename_or_checkpoint)
-        ad_state = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False).get("ad_state")
+        ad_state = load_checkpoint(filename_or_checkpoint).get("ad_state")
         if ad_state is not None:
             self.skipped_steps = ad_state["skipped_steps"]
             _set_rng_state(ad_state["rng"])

@@ -35,6 +35,7 @@ from typing import Dict
 
 import torch
 
+from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.network.ad_net import ADNet
 
@@ -106,7 +107,7 @@ def write_warm_start_checkpoint(trainer, nnunet_checkpoint: str, overwrite: bool
         raise ADInputError(f"{trainer.output_folder} already holds {', '.join(existing)} of an A&D run. Fix: pick "
                            f"another fold or trainer, or pass --overwrite to replace that run.")
     try:
-        checkpoint = torch.load(nnunet_checkpoint, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(nnunet_checkpoint)
         unet_state = checkpoint["network_weights"]
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
         raise ADInputError(f"{nnunet_checkpoint} is not a readable nnU-Net checkpoint ({type(e).__name__}: {e}). "
