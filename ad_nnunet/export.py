@@ -26,7 +26,7 @@ import torch
 
 from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
-from ad_nnunet.training.warm_start import sha256_of
+from ad_nnunet.hashing import sha256_of
 
 STOCK_TRAINER = "nnUNetTrainer"
 

@@ -69,7 +69,8 @@ from ad_nnunet.data.domain_shift import (derive_domain_dataset, patient_group, s
 from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, new_dataset_folder  # noqa: E402
 from ad_nnunet.data.settings import _stratified_draw  # noqa: E402
 from ad_nnunet.errors import ADInputError  # noqa: E402
-from prepare_la import SPLIT_FILENAME, _link_or_copy, _sha256  # noqa: E402
+from ad_nnunet.hashing import sha256_of  # noqa: E402
+from prepare_la import SPLIT_FILENAME, _link_or_copy  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "Dataset102_ACDC"
 GROUPS_FILENAME = "pathology_groups.json"
@@ -381,7 +382,7 @@ def prepare(setting: str, source: Path = DEFAULT_SOURCE, raw_root: Optional[Path
             "patients_per_group": {"labeled": _group_counts(src, lab_p), "unlabeled": _group_counts(src, unl_p),
                                    "test": _group_counts(src, test_p)},
             "source": {"dataset": str(src.folder), "groups_file": str(src.groups_file),
-                       "groups_sha256": _sha256(src.groups_file)},
+                       "groups_sha256": sha256_of(src.groups_file)},
             "files": files or "see domain_shift_recipe.json (identity/derived files are hard links, else copies)",
             "ad_nnunet_version": __version__, "command": command,
         }

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a script from a source checkout
 
 from ad_nnunet.data.raw import new_dataset_folder  # noqa: E402
 from ad_nnunet.errors import ADInputError  # noqa: E402
+from ad_nnunet.hashing import sha256_of  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "Dataset101_LA"
 DEFAULT_NAMES = {"0.1": (111, "LA10bench"), "0.05": (112, "LA5bench")}
@@ -57,10 +57,6 @@ def draw_holdout(unlabeled: Sequence[str], k: int, seed: int) -> List[str]:
                            f"{len(unlabeled)} cases and at least one must stay unlabeled). Fix: pick another K.")
     rs = np.random.RandomState(seed)
     return sorted(str(c) for c in rs.choice(sorted(unlabeled), k, replace=False))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:
@@ -139,9 +135,9 @@ def prepare(source: Path, raw_root: Path, fraction: str = "0.1", holdout: int = 
                  "holdout_rule": "numpy.random.RandomState(seed).choice(sorted(unlabeled_list), holdout, "
                                  "replace=False)",
                  "source": {"dataset": str(source), "fraction": fraction,
-                            "labeled_list": {"path": str(labeled_list), "sha256": _sha256(labeled_list),
+                            "labeled_list": {"path": str(labeled_list), "sha256": sha256_of(labeled_list),
                                              "cases": labeled},
-                            "unlabeled_list": {"path": str(unlabeled_list), "sha256": _sha256(unlabeled_list),
+                            "unlabeled_list": {"path": str(unlabeled_list), "sha256": sha256_of(unlabeled_list),
                                                "cases": unlabeled}},
                  "files": "hard links" if modes == {"link"} else ("copies" if modes == {"copy"} else "mixed")}
         (tmp / SPLIT_FILENAME).write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")

@@ -29,7 +29,6 @@ and ``nnUNetv2_train D C F -tr ADTrainer --c`` trains from it with nnU-Net's own
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Dict
 
@@ -37,6 +36,7 @@ import torch
 
 from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
+from ad_nnunet.hashing import sha256_of
 from ad_nnunet.network.ad_net import ADNet
 
 WARM_START_RECORD = "warm_start.json"
@@ -84,48 +84,46 @@ def warm_start_state_dict(net: ADNet, unet_state: Dict[str, torch.Tensor], sourc
     return new
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def read_nnunet_checkpoint(path: str) -> dict:
+    """The nnU-Net checkpoint at ``path`` (checked: it exists, loads safely and holds network weights)."""
+    if not os.path.isfile(path):
+        raise ADInputError(f"{path} does not exist. Fix: pass the checkpoint_final.pth of a trained nnUNetTrainer "
+                           f"model (nnUNet_results/<dataset>/<trainer>__<plans>__<config>/fold_F/).")
+    try:
+        checkpoint = load_checkpoint(path)
+        checkpoint["network_weights"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ADInputError(f"{path} is not a readable nnU-Net checkpoint ({type(e).__name__}: {e}). Fix: pass a "
+                           f"checkpoint_*.pth written by nnUNetv2_train.") from None
+    return checkpoint
 
 
-def write_warm_start_checkpoint(trainer, nnunet_checkpoint: str, overwrite: bool = False) -> str:
-    """Initialise ``trainer`` (an ADTrainer, not yet trained) from ``nnunet_checkpoint`` and write its epoch-0
-    ``checkpoint_latest.pth``; returns that path. ``nnUNetv2_train ... --c`` continues from it."""
+def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrite: bool = False) -> str:
+    """Initialise ``trainer`` (an ADTrainer, not yet trained) from the nnU-Net ``checkpoint`` read from ``source``
+    (:func:`read_nnunet_checkpoint`) and write its epoch-0 ``checkpoint_latest.pth``; returns that path.
+    ``nnUNetv2_train ... --c`` continues from it."""
     from batchgenerators.utilities.file_and_folder_operations import join, save_json
 
-    if not os.path.isfile(nnunet_checkpoint):
-        raise ADInputError(f"{nnunet_checkpoint} does not exist. Fix: pass the checkpoint_final.pth of a trained "
-                           f"nnUNetTrainer model (nnUNet_results/<dataset>/<trainer>__<plans>__<config>/fold_F/).")
     target = join(trainer.output_folder, "checkpoint_latest.pth")
     existing = [f for f in ("checkpoint_latest.pth", "checkpoint_final.pth", "checkpoint_best.pth")
                 if os.path.isfile(join(trainer.output_folder, f))]
     if existing and not overwrite:
         raise ADInputError(f"{trainer.output_folder} already holds {', '.join(existing)} of an A&D run. Fix: pick "
                            f"another fold or trainer, or pass --overwrite to replace that run.")
-    try:
-        checkpoint = load_checkpoint(nnunet_checkpoint)
-        unet_state = checkpoint["network_weights"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ADInputError(f"{nnunet_checkpoint} is not a readable nnU-Net checkpoint ({type(e).__name__}: {e}). "
-                           f"Fix: pass a checkpoint_*.pth written by nnUNetv2_train.") from None
     source_config = checkpoint.get("init_args", {}).get("configuration")
     if source_config is not None and source_config != trainer.configuration_name:
-        raise ADInputError(f"{nnunet_checkpoint} was trained with configuration {source_config}, the A&D run uses "
+        raise ADInputError(f"{source} was trained with configuration {source_config}, the A&D run uses "
                            f"{trainer.configuration_name}. Fix: warm-start from a model of the same configuration.")
     if not trainer.was_initialized:
         trainer.initialize()
-    trainer.core.load_state_dict(warm_start_state_dict(trainer.core, unet_state, nnunet_checkpoint))
+    trainer.core.load_state_dict(warm_start_state_dict(trainer.core, checkpoint["network_weights"], source))
     for name in existing:
         os.remove(join(trainer.output_folder, name))
     # nnU-Net stores the epoch to continue with as current_epoch + 1; --c must start at epoch 0
     trainer.current_epoch = -1
     trainer.save_checkpoint(target)
     trainer.current_epoch = 0
-    save_json({"source_checkpoint": os.path.abspath(nnunet_checkpoint), "source_sha256": sha256_of(nnunet_checkpoint),
+    save_json({"source_checkpoint": os.path.abspath(source), "source_sha256": sha256_of(source),
                "source_trainer": checkpoint.get("trainer_name"), "written": target},
               join(trainer.output_folder, WARM_START_RECORD), sort_keys=False)
     return target
