@@ -793,15 +793,17 @@ class Benchmark:
 
     @staticmethod
     def equal_wall_time(rows: List[dict]) -> Optional[dict]:
-        """A&D's training seconds (with its warm source) against labeled-only nnU-Net's seconds per step: how many
-        steps labeled-only nnU-Net would have had in the same time (an estimate from its measured speed)."""
+        """A&D's training time (its warm source included) against labeled-only nnU-Net's time per step: how many
+        steps labeled-only nnU-Net would have had in the same time (an estimate from its measured speed). Times are
+        nnU-Net's epoch times (training and validation iterations, without process start-up), which are also
+        correct for runs that were interrupted and resumed."""
         by_key = {r["key"]: r for r in rows}
-        if "ad" not in by_key or "labeled_only" not in by_key:
+        if "ad" not in by_key or "labeled_only" not in by_key or not by_key["labeled_only"]["train_epoch_time_s"]:
             return None
-        ad_s = by_key["ad"]["train_wall_s"] + by_key.get(WARM_SOURCE.key, {}).get("train_wall_s", 0.0)
+        ad_s = sum(by_key[k]["train_epoch_time_s"] or 0.0 for k in ("ad", WARM_SOURCE.key) if k in by_key)
         lab = by_key["labeled_only"]
-        steps = ad_s / (lab["train_wall_s"] / lab["optimizer_steps"])
-        return {"ad_train_s": round(ad_s, 1), "labeled_only_train_s": lab["train_wall_s"],
+        steps = ad_s / (lab["train_epoch_time_s"] / lab["optimizer_steps"])
+        return {"ad_train_s": round(ad_s, 1), "labeled_only_train_s": lab["train_epoch_time_s"],
                 "labeled_only_steps": lab["optimizer_steps"], "labeled_only_steps_in_ad_time": int(steps)}
 
     def class_names(self) -> Dict[int, str]:
@@ -915,7 +917,8 @@ def _paired_markdown(r: dict) -> List[str]:
             lines.append(_paired_line(p, f"A&D minus {labels.get(other, other)}"))
     eq = r.get("equal_wall_time")
     if eq:
-        lines += ["", f"Equal wall time: A&D trained for {_fmt_time(eq['ad_train_s'])} (warm source included); "
+        lines += ["", f"Equal wall time: A&D trained for {_fmt_time(eq['ad_train_s'])} (sum of epoch times, warm "
+                  f"source included); "
                   f"labeled-only nnU-Net took {_fmt_time(eq['labeled_only_train_s'])} for "
                   f"{eq['labeled_only_steps']} steps, so in A&D's time it would have had about "
                   f"{eq['labeled_only_steps_in_ad_time']} steps (an estimate from its measured speed, not a run)."]
