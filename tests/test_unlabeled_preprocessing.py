@@ -183,3 +183,16 @@ def test_cli(phantom_copy, capsys):
     main(["-d", d["dataset_name"], "-c", CFG, "-np", "1", "--quiet"])
     assert capsys.readouterr().out.strip() == unlabeled_folder(d["dataset_id"], CFG)
     assert is_up_to_date(d["dataset_name"], CFG)
+
+
+def test_emptied_unlabeled_folder_is_an_error_and_deletes_nothing(phantom_copy):
+    d = phantom_copy()
+    ds = d["dataset_name"]
+    folder = preprocess_unlabeled(ds, CFG, num_processes=1, verbose=False)
+    before = stats(folder)
+    unlabeled_dir = os.path.join(d["raw"], "imagesUnlabeled")
+    for f in os.listdir(unlabeled_dir):
+        os.remove(os.path.join(unlabeled_dir, f))
+    with pytest.raises(ADInputError, match=r"no unlabeled image.*were left as they are.*Fix: put the unlabeled"):
+        preprocess_unlabeled(ds, CFG, num_processes=1, verbose=False)
+    assert stats(folder) == before

@@ -349,8 +349,16 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
         num_processes = nnunetv2.configuration.default_num_processes
     num_processes = max(1, int(num_processes))
     ctx = _load_context(dataset_name_or_id, configuration, plans_identifier)
+    required = required_unlabeled_cases(dataset_name_or_id)
+    if not required:  # an emptied imagesUnlabeled/ is far more often a mistake than a wish to delete everything
+        done = _folder_case_ids(ctx.folder)
+        kept = f" The {len(done)} case(s) already preprocessed in {ctx.folder} were left as they are." if done else ""
+        raise ADInputError(
+            f"{ctx.dataset} has no unlabeled image: imagesUnlabeled/ is empty or missing and ad_settings.json lists "
+            f"no hidden-label imagesTr case.{kept} Fix: put the unlabeled images (<case>_0000<ending>) into "
+            f"imagesUnlabeled/, or write ad_settings.json with adnnunet_make_settings.")
     with _folder_lock(ctx.folder):
-        return _update(ctx, required_unlabeled_cases(dataset_name_or_id), num_processes, verbose)
+        return _update(ctx, required, num_processes, verbose)
 
 
 def _update(ctx: _Context, required: Dict[str, List[str]], num_processes: int, verbose: bool) -> str:
