@@ -278,6 +278,22 @@ def test_ablation_differs_from_the_paper_recipe_only_in_its_part(tiny, name):
         assert not any(isinstance(t, SVDATransform) for t in ablation.dataloader_train.data_loader.transforms.transforms)
 
 
+def test_label_value_outside_dataset_json_is_named_before_any_worker_starts(tiny):
+    import blosc2
+
+    trainer = make_trainer(tiny)
+    case = trainer.do_split()[0][0]
+    path = os.path.join(trainer.preprocessed_dataset_folder, case + "_seg.b2nd")
+    seg = blosc2.open(path, mode="r")[:]
+    seg.flat[0] = 7
+    os.remove(path)
+    blosc2.asarray(np.ascontiguousarray(seg), urlpath=path, mode="w")
+    with pytest.raises(ADInputError, match=rf"Case {case}: its label map contains value\(s\) \[7\].*"
+                                           r"--verify_dataset_integrity"):
+        trainer.on_train_start()
+    assert trainer.dataloader_unlabeled is None  # failed before the data-loading workers were started
+
+
 def test_dataset_without_unlabeled_cases_is_a_clear_error(tiny):
     import shutil
 

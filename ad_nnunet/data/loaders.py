@@ -46,3 +46,25 @@ def build_unlabeled_loader(folder: str, identifiers: Sequence[str], batch_size: 
     # with an ignore label nnU-Net would crop around class_locations[(-1, *labels)]; unlabeled crops are random
     loader.has_ignore = False
     return loader
+
+
+def check_label_values(dataset, label_manager) -> None:
+    """Every labeled case's preprocessed segmentation holds only labels of dataset.json (and nnU-Net's -1 outside
+    the nonzero mask); otherwise ``ADInputError`` names the case, the values and the fix.
+
+    Checked when training starts, before any data-loading worker exists: nnU-Net plans and preprocesses a dataset
+    with an unknown label value unless ``--verify_dataset_integrity`` is given, and training would then fail only at
+    its first step, without naming a case. The cost is one read of each labeled segmentation (decompression only).
+    """
+    import numpy as np
+
+    allowed = set(range(label_manager.num_segmentation_heads)) | {-1}
+    for identifier in dataset.identifiers:
+        seg = np.asarray(dataset.load_case(identifier)[1][:])
+        bad = sorted(int(v) for v in np.unique(seg) if int(v) not in allowed)
+        if bad:
+            raise ADInputError(
+                f"Case {identifier}: its label map contains value(s) {bad}, but dataset.json defines labels "
+                f"0..{label_manager.num_segmentation_heads - 1}. Fix: correct labelsTr/{identifier} (or add the "
+                f"label to dataset.json), then run nnUNetv2_plan_and_preprocess again with "
+                f"--verify_dataset_integrity.")

@@ -183,6 +183,13 @@ class ADTrainer(nnUNetTrainer):
 
         return sorted(list_unlabeled_cases(raw_dataset_folder(self.plans_manager.dataset_name), self.dataset_json))
 
+    def get_tr_and_val_datasets(self):
+        from ad_nnunet.data.loaders import check_label_values
+
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        check_label_values(dataset_tr, self.label_manager)  # before any data-loading worker starts
+        return dataset_tr, dataset_val
+
     def get_dataloaders(self):
         dataloader_train, dataloader_val = super().get_dataloaders()  # runs do_split, so fold_split is set
         self.dataloader_unlabeled = self._unlabeled_augmenter()
