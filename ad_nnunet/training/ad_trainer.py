@@ -6,7 +6,7 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
     L_deno = DiceCE(D_xi(x_l, q_sample(2 onehot(y_l) - 1, t), t), y_l)  (diffusion stream, x0-prediction)
     L_diff = nnU-Net's deep-supervised Dice+CE of D_psi(x_l) against y_l  (the paper's recipe, ADTrainer_paper:
              full-resolution DiceCE_w with w = DRS(D_xi's labeled prediction))
-    y_hat  = argmax(GaussSmooth(GumbelSoftmax(DDIM(x_u))) + Softmax(D_psi(x_u)))   (RS fusion, no gradient)
+    y_hat  = argmax(GaussSmooth(GumbelSoftmax(clip(DDIM(x_u), -1, 1))) + Softmax(D_psi(x_u)))   (RS, no gradient)
     L_u    = DiceCE(D_theta(x_u), y_hat)
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
 
@@ -75,7 +75,7 @@ class ADTrainer(nnUNetTrainer):
         # nnU-Net's own flag stays off: it governs validation and prediction, which use D_theta at full resolution.
         # D_psi's deep supervision (psi_deep_supervision) is set up by this class, with nnU-Net's scales and loss.
         self.enable_deep_supervision = False
-        # A&D hyperparameters (defaults from the paper / official code, see docs/method.md).
+        # A&D hyperparameters (docs/method.md). Where a default departs from the paper, ADTrainer_paper restores it.
         self.ema_momentum = 0.99            # theta <- m theta + (1 - m) (xi + psi) / 2
         self.unlabeled_loss_weight = 2.0    # mu
         self.mu_rampup_epochs: Optional[float] = None  # None: the whole run (official default)
