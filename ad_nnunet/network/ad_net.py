@@ -115,7 +115,8 @@ class ADNet(nn.Module):
         return copy.deepcopy(decoder, memo={id(self.encoder): self.encoder})
 
     @property
-    def _has_separate_stem(self) -> bool:
+    def has_separate_stem(self) -> bool:
+        """ResidualEncoderUNet has an encoder ``stem`` before its stages; PlainConvUNet's first stage is the stem."""
         return getattr(self.encoder, "stem", None) is not None
 
     # ---- building blocks -------------------------------------------------------------------------------------
@@ -126,9 +127,9 @@ class ADNet(nn.Module):
     def encode_noisy(self, x: torch.Tensor, x_t: torch.Tensor, temb: torch.Tensor) -> List[torch.Tensor]:
         """Shared encoder on the image+noisy-label stem, with the timestep added after every stage."""
         h = self.stem_diffusion(torch.cat([x, x_t], dim=1))
-        stages = list(self.encoder.stages) if self._has_separate_stem else list(self.encoder.stages)[1:]
+        stages = list(self.encoder.stages) if self.has_separate_stem else list(self.encoder.stages)[1:]
         skips = []
-        if not self._has_separate_stem:
+        if not self.has_separate_stem:
             h = _add_time(h, self.temb_encoder[0], temb)
             skips.append(h)
         for stage in stages:

@@ -56,7 +56,7 @@ def warm_start_state_dict(net: ADNet, unet_state: Dict[str, torch.Tensor], sourc
         return unet_state[key]
 
     new = {}
-    stem_prefix = "encoder.stem." if net._has_separate_stem else "encoder.stages.0."
+    stem_prefix = "encoder.stem." if net.has_separate_stem else "encoder.stages.0."
     for key, current in net.state_dict().items():
         top, _, rest = key.partition(".")
         if top == "encoder":
