@@ -3,6 +3,7 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from _net_helpers import configuration
+from ad_nnunet.export import unet_state_dict
 from ad_nnunet.network.ad_net import build_ad_network
 
 NUM_CLASSES = 3
@@ -21,9 +22,8 @@ def test_segment_path_is_exactly_a_stock_unet(dim, arch):
                                    cfg.network_arch_init_kwargs_req_import, 1, NUM_CLASSES, deep_supervision=False)
     theta_path = list(net.encoder.parameters()) + list(net.decoder.parameters())
     assert sum(p.numel() for p in theta_path) == sum(p.numel() for p in stock.parameters())
-    # the stock U-Net loads D_theta's weights (minus its duplicated decoder.encoder keys) and predicts the same
-    own = {k: v for k, v in net.state_dict().items() if k.split(".")[0] in ("encoder", "decoder")}
-    stock.load_state_dict({**own, **{f"decoder.{k}": v for k, v in own.items() if k.startswith("encoder.")}})
+    # the stock U-Net loads D_theta's weights as the export maps them and predicts the same
+    stock.load_state_dict(unet_state_dict(net.state_dict()))  # strict: the export's mapping covers every key
     x = torch.randn(2, 1, *([16] * dim))
     out = net(x)
     assert torch.is_tensor(out) and out.shape == (2, NUM_CLASSES, *([16] * dim))
