@@ -1,5 +1,6 @@
 """Small command-line entry points that belong to no pipeline stage."""
 from ad_nnunet import ext_trainer_dir
+from ad_nnunet.errors import report_input_errors
 
 
 def ext_path_entry() -> None:
@@ -17,20 +18,6 @@ def _model_arguments(prog: str, description: str):
     p.add_argument("-tr", default="ADTrainer", help="A&D trainer class (default ADTrainer)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     return p
-
-
-def _guarded(prog: str, body) -> int:
-    """Run ``body()``; bad input (ADInputError) becomes ``<prog>: error: <what and the fix>`` and exit status 2."""
-    import sys
-
-    from ad_nnunet.errors import ADInputError
-
-    try:
-        body()
-    except ADInputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def warm_start_entry(argv=None) -> int:
@@ -61,7 +48,7 @@ def warm_start_entry(argv=None) -> int:
         path = write_warm_start_checkpoint(trainer, args.i, checkpoint, overwrite=args.overwrite)
         print(f"{path} written (epoch 0, initialised from {args.i}).\n"
               f"Next: nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr} -p {args.p} --c")
-    return _guarded(p.prog, body)
+    return report_input_errors(p.prog, body)
 
 
 def export_entry(argv=None) -> int:
@@ -97,4 +84,4 @@ def export_entry(argv=None) -> int:
         print(f"{target} written. Predict without ad-nnunet:\n"
               f"  nnUNet_results={os.path.abspath(args.o)} nnUNetv2_predict -i IN -o OUT -d {args.d} -c {args.c} "
               f"-f {' '.join(args.f)}")
-    return _guarded(p.prog, body)
+    return report_input_errors(p.prog, body)

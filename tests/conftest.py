@@ -105,3 +105,15 @@ def phantom_copy(planned_phantom, nnunet_dirs):
     yield make
     for d in made:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny(phantom_copy, monkeypatch):
+    """A phantom copy with the ``tiny`` preset (configuration ``3d_tiny``) and the plugin on nnUNet_extTrainer."""
+    from ad_nnunet import ext_trainer_dir
+    from ad_nnunet.plans_presets import apply_preset
+
+    ds = phantom_copy()
+    apply_preset(ds["dataset_id"], "tiny")
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_dir())
+    return ds

@@ -27,11 +27,13 @@ def dirs(tmp_path, monkeypatch):
     return raw, pre
 
 
-def fake_raw(raw_root, dataset_id, tr_ids, unl_ids=(), domains=None, name="Fake"):
+def fake_raw(raw_root, dataset_id, tr_ids, unl_ids=(), domains=None, name="Fake", ts_ids=()):
     """Empty image files suffice: settings only need the case ids."""
     root = raw_root / f"Dataset{dataset_id:03d}_{name}"
-    for sub in ("imagesTr", "labelsTr", UNLABELED_DIRNAME):
+    for sub in ("imagesTr", "labelsTr", UNLABELED_DIRNAME, "imagesTs"):
         (root / sub).mkdir(parents=True)
+    for c in ts_ids:
+        (root / "imagesTs" / f"{c}_0000.nii.gz").touch()
     for c in tr_ids:
         (root / "imagesTr" / f"{c}_0000.nii.gz").touch()
         (root / "labelsTr" / f"{c}.nii.gz").touch()
@@ -159,7 +161,7 @@ def test_semidg(dirs):
 
     # after moving domain C out of imagesTr/imagesUnlabeled (its cases stay in ad_domains as test cases)
     tr = [c for c in TR if dom[c] != "C"]
-    fake_raw(raw, 506, tr, ["u0", "u1"], domains=dom)
+    fake_raw(raw, 506, tr, ["u0", "u1"], domains=dom, ts_ids=[c for c in dom if dom[c] == "C"])
     s = read(make_settings(506, "semidg", num_labeled=4, heldout_domains=["C"], seed=0, num_folds=2))
     for f in s["folds"]:
         assert f["heldout_domains"] == ["C"]
@@ -283,11 +285,9 @@ def test_cli(dirs, capsys):
     assert out.strip().endswith("ad_settings.json")
     s = read(settings_path(513))
     assert s["command"].startswith("adnnunet_make_settings -d 513 --setting ssl --num_labeled 4")
-    with pytest.raises(SystemExit) as e:
-        main(["-d", "513", "--setting", "uda", "--source", "Q"])
-    assert e.value.code == 2
+    assert main(["-d", "513", "--setting", "uda", "--source", "Q"]) == 2
     err = capsys.readouterr().err
-    assert "ERROR:" in err and "'Q'" in err and "known domains" in err and "Traceback" not in err
+    assert err.startswith("adnnunet_make_settings: error: ") and "'Q'" in err and "known domains" in err and "Traceback" not in err
 
 
 def test_cli_subprocess_exit_code(dirs):

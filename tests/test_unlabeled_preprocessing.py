@@ -131,7 +131,7 @@ def test_corrupt_image(phantom_copy):
     with pytest.raises(ADInputError) as e:
         preprocess_unlabeled(ds, CFG, num_processes=1, verbose=False)
     msg = str(e.value)
-    assert "'unl_002'" in msg and bad in msg and "re-export or remove it" in msg
+    assert "'unl_002'" in msg and bad in msg and "Fix: re-export or re-copy the file, or remove the case" in msg
     # no partial (nor stale) output of the failed case, no temp files; the others are intact and recorded
     assert case_files(folder, "unl_002") == []
     assert not os.path.exists(os.path.join(folder, ".ad_tmp"))
@@ -149,7 +149,7 @@ def test_corrupt_image_in_worker(phantom_copy):
     bad = os.path.join(d["raw"], "imagesUnlabeled", "unl_000_0000.nii.gz")
     with open(bad, "wb") as f:
         f.write(b"\x1f\x8b garbage, not a nifti")
-    with pytest.raises(ADInputError, match=r"'unl_000'.*unl_000_0000\.nii\.gz.*re-export or remove it"):
+    with pytest.raises(ADInputError, match=r"'unl_000'.*unl_000_0000\.nii\.gz.*re-export or re-copy"):
         preprocess_unlabeled(d["dataset_id"], CFG, num_processes=2, verbose=False)
     folder = unlabeled_folder(d["dataset_id"], CFG)
     assert case_files(folder, "unl_000") == [] and len(case_files(folder, "unl_001")) == 3
@@ -173,9 +173,9 @@ def test_missing_plans_or_preprocessing(phantom_copy, capsys):
     os.remove(os.path.join(d["preprocessed"], "nnUNetPlans.json"))
     with pytest.raises(ADInputError, match=rf"nnUNetv2_plan_and_preprocess -d {d['dataset_id']} -c 3d_fullres"):
         preprocess_unlabeled(d["dataset_id"], verbose=False)
-    with pytest.raises(SystemExit) as e:
-        main(["-d", str(d["dataset_id"]), "-c", CFG])
-    assert e.value.code == 2 and "nnUNetv2_plan_and_preprocess" in capsys.readouterr().err
+    assert main(["-d", str(d["dataset_id"]), "-c", CFG]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adnnunet_preprocess_unlabeled: error: ") and "nnUNetv2_plan_and_preprocess" in err
 
 
 def test_cli(phantom_copy, capsys):

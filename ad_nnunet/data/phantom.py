@@ -25,7 +25,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError
+from ad_nnunet.errors import ADInputError, report_input_errors
 from ad_nnunet.data.raw import UNLABELED_DIRNAME
 
 LABELS = {"background": 0, "organ": 1, "wall": 2, "lesion": 3}
@@ -156,7 +156,7 @@ def make_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "ADPh
     return folder
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write a synthetic 3D phantom dataset in nnU-Net raw layout "
                                             "(imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs).")
     p.add_argument("-o", "--output", default=None, help="raw root folder (default: $nnUNet_raw)")
@@ -172,16 +172,14 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     raw_root = a.output or os.environ.get("nnUNet_raw")
-    try:
+
+    def body():
         if raw_root is None:
             raise ADInputError("No output folder. Fix: pass -o RAW_ROOT or set nnUNet_raw.")
-        folder = make_phantom_dataset(raw_root, a.dataset_id, a.name, a.num_labeled, a.num_unlabeled, a.num_test,
-                                      tuple(a.shape), tuple(a.spacing), tuple(a.domains), a.seed, a.overwrite)
-    except ADInputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(folder)
+        print(make_phantom_dataset(raw_root, a.dataset_id, a.name, a.num_labeled, a.num_unlabeled, a.num_test,
+                                   tuple(a.shape), tuple(a.spacing), tuple(a.domains), a.seed, a.overwrite))
+    return report_input_errors("adnnunet_make_phantom", body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

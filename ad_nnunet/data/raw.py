@@ -124,3 +124,13 @@ def list_unlabeled_cases(raw_folder: str, dataset_json: dict) -> Dict[str, List[
             raise ADInputError(f"Unlabeled case {case!r} in {folder} has the same id as a labeled case in imagesTr. "
                                f"Fix: rename to e.g. unl_{case} (all its channel files).")
     return {case: [chans[c] for c in expected] for case, chans in sorted(channels.items())}
+
+
+def list_test_case_ids(raw_folder: str, dataset_json: dict) -> List[str]:
+    """Case ids in ``imagesTs`` (empty if the folder does not exist); files are not opened."""
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+
+    folder = os.path.join(raw_folder, "imagesTs")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(str(i) for i in get_identifiers_from_splitted_dataset_folder(folder, dataset_json["file_ending"]))

@@ -41,8 +41,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError
-from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, list_unlabeled_cases, raw_dataset_folder
+from ad_nnunet.errors import ADInputError, report_input_errors
+from ad_nnunet.data.raw import (UNLABELED_DIRNAME, list_labeled_cases, list_test_case_ids, list_unlabeled_cases,
+                              raw_dataset_folder)
 
 SETTINGS_FILENAME = "ad_settings.json"
 FORMAT_VERSION = 1
@@ -273,6 +274,13 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
     all_ids = set(tr_ids) | set(unl_ids)
     dom = _resolve_domains(domains, dataset_json)
     known_domains = sorted(set(dom.values()))
+    stray = sorted(set(dom) - all_ids - set(list_test_case_ids(raw_folder, dataset_json)))
+    if stray:
+        where = domains if isinstance(domains, (str, os.PathLike)) else \
+            "--domains" if domains is not None else "dataset.json 'ad_domains'"
+        raise ADInputError(f"The domains ({where}) name case(s) {_names(stray)} that are in none of imagesTr, "
+                           f"{UNLABELED_DIRNAME}, imagesTs. Fix: correct the ids (the case id, without channel "
+                           f"suffix and file ending) or remove them.")
 
     def check_domain_names(names, flag):
         unknown = sorted(set(names) - set(known_domains))
@@ -345,6 +353,10 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
                                f"would have zero labeled cases. Fix: pick a source domain with labeled cases.")
         target_tr = [c for c in tr_ids if dom[c] in target]
         target_unl = [c for c in unl_ids if dom[c] in target]
+        if not target_tr and not target_unl:
+            raise ADInputError(f"No imagesTr or {UNLABELED_DIRNAME} case belongs to the target domain(s) {target}, "
+                               f"so there would be nothing to adapt to. Fix: add target-domain images to "
+                               f"{UNLABELED_DIRNAME} or pick --target domains that have cases.")
         for k in range(num_folds):
             rs = np.random.RandomState(seed + k)
             val, hidden = _split_val(target_tr, num_val, rs, labeled, "target-domain")
@@ -463,7 +475,7 @@ def summarize(settings: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description="Write ad_settings.json (labeled/unlabeled/val cases per fold) and the matching nnU-Net "
                     "splits_final.json. Default validation (no --num_val) uses the labeled cases (the A&D paper's "
@@ -486,18 +498,17 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     command = " ".join(shlex.quote(x) for x in ["adnnunet_make_settings"] + list(sys.argv[1:] if argv is None
                                                                                  else argv))
-    try:
+
+    def body():
         path = make_settings(a.dataset, a.setting, num_labeled=a.num_labeled, fraction=a.fraction,
                              labeled_list=a.labeled_list, unlabeled_list=a.unlabeled_list, num_val=a.num_val,
                              seed=a.seed, num_folds=a.num_folds, domains=a.domains, source_domains=a.source,
                              target_domains=a.target, heldout_domains=a.heldout, overwrite=a.overwrite,
                              command=command)
         print(summarize(_settings_from_file(path)))
-    except ADInputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(path)
+        print(path)
+    return report_input_errors("adnnunet_make_settings", body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError
+from ad_nnunet.errors import ADInputError, report_input_errors
+from ad_nnunet.data.image_integrity import nifti_problem
 from ad_nnunet.data.raw import list_labeled_cases, list_unlabeled_cases, raw_dataset_folder
 from ad_nnunet.data.settings import load_settings
 
@@ -277,6 +278,11 @@ def _preprocess_case(case: str, image_files: List[str], folder: str, plans: dict
 
     tmp = os.path.join(folder, _TMP_DIRNAME, case)
     try:
+        # readers accept truncated NIfTI files and zero NaN voxels silently (image_integrity)
+        for f in image_files:
+            problem = nifti_problem(f)
+            if problem is not None:
+                return f"Unlabeled case {case!r}: {problem}"
         pm = PlansManager(plans)
         cm = pm.get_configuration(configuration)
         preprocessor = cm.preprocessor_class(verbose=False)
@@ -285,6 +291,9 @@ def _preprocess_case(case: str, image_files: List[str], folder: str, plans: dict
             data, seg, properties = preprocessor.run_case(image_files, None, pm, cm, dataset_json)
         except Exception as e:  # unreadable/inconsistent input; classified below
             return _describe_read_error(case, image_files, pm, e)
+        if not np.isfinite(data).all():  # formats other than NIfTI, whose reader kept NaN / inf
+            return (f"Unlabeled case {case!r}: {int((~np.isfinite(data)).sum())} NaN or infinite voxel(s) in "
+                    f"{image_files}. Fix: replace them with finite values and save again, or remove the case.")
         properties["class_locations"] = _empty_class_locations(pm.get_label_manager(dataset_json), data.ndim)
         # dtypes and blosc2 layout as in DefaultPreprocessor.run_case_save
         data = data.astype(np.float32, copy=False)
@@ -399,7 +408,7 @@ def _update(ctx: _Context, required: Dict[str, List[str]], num_processes: int, v
     return ctx.folder
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Preprocess imagesUnlabeled and hidden-label imagesTr images "
                                             "(image files only) with the labeled cases' plans.")
     p.add_argument("-d", "--dataset", required=True, help="dataset name or id")
@@ -408,13 +417,12 @@ def main(argv=None) -> None:
     p.add_argument("-np", "--num_processes", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    try:
+
+    def body():
         for c in a.configurations:
             print(preprocess_unlabeled(a.dataset, c, a.plans, a.num_processes, verbose=not a.quiet))
-    except ADInputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
+    return report_input_errors("adnnunet_preprocess_unlabeled", body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from dataclasses import asdict
 from functools import partial
 from typing import Dict, List, Optional, Tuple, Union
@@ -36,7 +37,12 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from ad_nnunet.checkpoints import load_checkpoint
-from ad_nnunet.errors import ADInputError
+from ad_nnunet.data.loaders import build_unlabeled_loader, check_label_values
+from ad_nnunet.data.raw import list_unlabeled_cases, raw_dataset_folder
+from ad_nnunet.data.settings import default_fold, load_fold
+from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabeled_folder
+from ad_nnunet.data.worker_exit import exiting_with_parent
+from ad_nnunet.errors import ADInputError, report_input_errors_plainly
 from ad_nnunet.method.decoupling import ema_blend_
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule, encode_labels
 from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
@@ -102,6 +108,8 @@ class ADTrainer(nnUNetTrainer):
         for key in AD_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging[key] = []
         self._seed_everything(self.seed + self.local_rank)
+        # nnUNetv2_train's entry point is nnU-Net's: bad input raised during training setup still reads as a message
+        report_input_errors_plainly(os.path.basename(sys.argv[0]) or "nnUNetv2_train")
 
     # ---- network ---------------------------------------------------------------------------------------------
     @classmethod
@@ -154,8 +162,13 @@ class ADTrainer(nnUNetTrainer):
         base = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                                do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded,
                                                foreground_labels, regions, ignore_label)
-        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op) \
-            if self.svda_labeled else base
+        return exiting_with_parent(svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
+                                   if self.svda_labeled else base)
+
+    def get_validation_transforms(self, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
+                                  regions=None, ignore_label=None):
+        return exiting_with_parent(super().get_validation_transforms(deep_supervision_scales, is_cascaded,
+                                                                     foreground_labels, regions, ignore_label))
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
         """Unlabeled batches: SVDA over nnU-Net's pipeline (nnU-Net's own with ``svda_unlabeled = False``)."""
@@ -163,12 +176,10 @@ class ADTrainer(nnUNetTrainer):
             patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
             foreground_labels=self.label_manager.foreground_labels)
-        return svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op) \
-            if self.svda_unlabeled else base
+        return exiting_with_parent(svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
+                                   if self.svda_unlabeled else base)
 
     def do_split(self):
-        from ad_nnunet.data.settings import default_fold, load_fold
-
         fold_split = None if self.fold == "all" else load_fold(self.plans_manager.dataset_name, self.fold)
         if fold_split is None:
             train_ids, val_ids = super().do_split()
@@ -179,31 +190,19 @@ class ADTrainer(nnUNetTrainer):
         return list(fold_split.labeled), list(fold_split.val)
 
     def _raw_unlabeled_ids(self) -> List[str]:
-        from ad_nnunet.data.raw import list_unlabeled_cases, raw_dataset_folder
-
         return sorted(list_unlabeled_cases(raw_dataset_folder(self.plans_manager.dataset_name), self.dataset_json))
 
     def get_tr_and_val_datasets(self):
-        from ad_nnunet.data.loaders import check_label_values
-
-        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        check_label_values(dataset_tr, self.label_manager)  # before any data-loading worker starts
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()  # runs do_split, so fold_split is set
+        # every check of the data runs here, before any data-loading worker starts: a bad case stops training at once
+        check_label_values(dataset_tr, self.label_manager)
+        self._prepare_unlabeled_data()
         return dataset_tr, dataset_val
 
-    def get_dataloaders(self):
-        dataloader_train, dataloader_val = super().get_dataloaders()  # runs do_split, so fold_split is set
-        self.dataloader_unlabeled = self._unlabeled_augmenter()
-        return dataloader_train, dataloader_val
-
-    def _unlabeled_augmenter(self):
-        from ad_nnunet.data.loaders import build_unlabeled_loader
-        from ad_nnunet.data.raw import raw_dataset_folder
-        from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabeled_folder
-
-        identifiers = list(self.fold_split.unlabeled)
-        if not identifiers:
+    def _prepare_unlabeled_data(self):
+        if not self.fold_split.unlabeled:
             raise ADInputError(
-                f"fold {self.fold} of {self.plans_manager.dataset_name} has no unlabeled cases. Put unlabeled "
+                f"fold {self.fold} of {self.plans_manager.dataset_name} has no unlabeled cases. Fix: put unlabeled "
                 f"images in imagesUnlabeled/ or hide labels of imagesTr cases with adnnunet_make_settings; for "
                 f"fully supervised training use -tr nnUNetTrainer.")
         dataset = self.plans_manager.dataset_name
@@ -215,14 +214,22 @@ class ADTrainer(nnUNetTrainer):
                                        f"unlabeled preprocessed data as it is (not checked for staleness)")
         if self.is_ddp:
             dist.barrier()
+
+    def get_dataloaders(self):
+        dataloader_train, dataloader_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self._unlabeled_augmenter()
+        return dataloader_train, dataloader_val
+
+    def _unlabeled_augmenter(self):
+        dataset = self.plans_manager.dataset_name
         rotation_for_DA, do_dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_unlabeled_transforms(self.configuration_manager.patch_size, rotation_for_DA,
                                                    mirror_axes, do_dummy_2d)
+        folder = unlabeled_folder(dataset, self.configuration_name, self.plans_manager.plans_name)
         loader = build_unlabeled_loader(
-            unlabeled_folder(dataset, self.configuration_name, self.plans_manager.plans_name), identifiers,
-            self.batch_size, initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
-            transforms)
+            folder, self.fold_split.unlabeled, self.batch_size, initial_patch_size,
+            self.configuration_manager.patch_size, self.label_manager, transforms)
         num_processes = get_allowed_n_proc_DA()
         if num_processes == 0:
             return SingleThreadedAugmenter(loader, None)
