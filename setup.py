@@ -35,6 +35,8 @@ setup(
             "adnnunet_ext_path = ad_nnunet.cli:ext_path_entry",
             "adnnunet_warm_start = ad_nnunet.cli:warm_start_entry",
             "adnnunet_export = ad_nnunet.cli:export_entry",
+            "adnnunet_pseudolabels = ad_nnunet.cli:pseudolabels_entry",
+            "adnnunet_rank_unlabeled = ad_nnunet.cli:rank_unlabeled_entry",
             "adnnunet_demo = ad_nnunet.demo:main",
             "adnnunet_make_phantom = ad_nnunet.data.phantom:main",
             "adnnunet_preprocess_unlabeled = ad_nnunet.data.unlabeled_preprocessing:main",

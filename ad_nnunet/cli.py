@@ -20,6 +20,23 @@ def _model_arguments(prog: str, description: str):
     return p
 
 
+def _trained_run_folder(args) -> str:
+    """``$nnUNet_results/<dataset>/<-tr>__<-p>__<-c>`` for parsed ``_model_arguments``."""
+    import os
+
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from ad_nnunet.errors import ADInputError
+
+    if not os.environ.get("nnUNet_results"):
+        raise ADInputError("nnUNet_results is not set. Fix: export nnUNet_results (the folder the run was "
+                           "trained into).")
+    try:
+        return get_output_folder(args.d, args.tr, args.p, args.c)
+    except (RuntimeError, ValueError) as e:
+        raise ADInputError(f"dataset {args.d}: {e}. Fix: pass an existing dataset name or id.") from None
+
+
 def warm_start_entry(argv=None) -> int:
     """`adnnunet_warm_start`: start an A&D run from a trained nnU-Net model (ad_nnunet/training/warm_start.py)."""
     p = _model_arguments(
@@ -67,21 +84,70 @@ def export_entry(argv=None) -> int:
     def body():
         import os
 
-        from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-        from ad_nnunet.errors import ADInputError
         from ad_nnunet.export import export_stock_model
 
-        if not os.environ.get("nnUNet_results"):
-            raise ADInputError("nnUNet_results is not set. Fix: export nnUNet_results (the folder the run was "
-                               "trained into).")
-        try:
-            run = get_output_folder(args.d, args.tr, args.p, args.c)
-        except (RuntimeError, ValueError) as e:
-            raise ADInputError(f"dataset {args.d}: {e}. Fix: pass an existing dataset name or id.") from None
+        run = _trained_run_folder(args)
         folds = [f if f == "all" else int(f) for f in args.f]
         target = export_stock_model(run, folds, args.o, args.chk, args.overwrite)
         print(f"{target} written. Predict without ad-nnunet:\n"
               f"  nnUNet_results={os.path.abspath(args.o)} nnUNetv2_predict -i IN -o OUT -d {args.d} -c {args.c} "
               f"-f {' '.join(args.f)}")
+    return report_input_errors(p.prog, body)
+
+
+def pseudolabels_entry(argv=None) -> int:
+    """`adnnunet_pseudolabels`: pseudo-labels of a fold's unlabeled cases to check (ad_nnunet/pseudolabels.py)."""
+    p = _model_arguments(
+        "adnnunet_pseudolabels",
+        "Write, for every unlabeled case of an A&D run's fold, the fused pseudo-label as training makes it (in the "
+        "scan's original geometry), a PNG overlay, and scores (foreground volume, confidence, D_xi/D_psi agreement, "
+        "DDIM spread); index.html shows them all, pseudolabels.csv ranks them (1 = label this scan next). A rerun "
+        "skips finished cases.")
+    p.add_argument("-f", required=True, help="fold of the A&D run (its fold_F/ad_split.json lists the unlabeled cases)")
+    p.add_argument("-o", required=True, help="output folder (new or empty, or one this command made for the same "
+                                             "model and settings)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint (default checkpoint_final.pth)")
+    p.add_argument("--cases", nargs="+", help="only these unlabeled case ids (default: all of the fold)")
+    p.add_argument("--ddim_steps", type=int, default=10, help="DDIM steps of the diffusion stream (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the DDIM and Gumbel noise (default 0)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    args = p.parse_args(argv)
+
+    def body():
+        import torch
+
+        from ad_nnunet.errors import ADInputError
+        from ad_nnunet.pseudolabels import make_pseudolabels
+
+        if args.f != "all" and not args.f.isdigit():
+            raise ADInputError(f"-f {args.f}: not a fold. Fix: pass a fold number (e.g. -f 0) or -f all.")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        fold = args.f if args.f == "all" else int(args.f)
+        csv_file = make_pseudolabels(_trained_run_folder(args), fold, args.o, args.chk, args.cases, args.ddim_steps,
+                                     args.seed, device)
+        print(f"{csv_file} written; open {csv_file.parent / 'index.html'} to check the pseudo-labels.\n"
+              f"Next scan to label: adnnunet_rank_unlabeled -i {args.o} --top 5")
+    return report_input_errors(p.prog, body)
+
+
+def rank_unlabeled_entry(argv=None) -> int:
+    """`adnnunet_rank_unlabeled`: which unlabeled scans to label next, from adnnunet_pseudolabels' ranking."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="adnnunet_rank_unlabeled",
+        description="Print the unlabeled cases with the most disagreement between the diffusion and plain decoders "
+                    "(the scans to label next), one per line: case id, then its scores.")
+    p.add_argument("-i", required=True, help="output folder of adnnunet_pseudolabels")
+    p.add_argument("--top", type=int, default=10, help="how many cases (default 10)")
+    args = p.parse_args(argv)
+
+    def body():
+        from ad_nnunet.errors import ADInputError
+        from ad_nnunet.pseudolabels import SCORES, ranked_cases
+
+        if args.top < 1:
+            raise ADInputError(f"--top {args.top}: must be at least 1. Fix: pass e.g. --top 5.")
+        for row in ranked_cases(args.i, args.top):
+            print("\t".join([row["case"], f"rank {row['rank']}"] + [f"{k} {row[k]:.4f}" for k in SCORES]))
     return report_input_errors(p.prog, body)
