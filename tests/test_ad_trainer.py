@@ -159,8 +159,10 @@ def test_nan_loss_skips_the_step_and_training_goes_on(tiny):
     trainer.on_train_end()
 
 
-def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny):
+@pytest.mark.parametrize("strong_view", [False, True], ids=["same_view", "strong_view"])
+def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny, strong_view):
     trainer = make_trainer(tiny)
+    trainer.strong_unlabeled_view = strong_view
     trainer.on_train_start()
     batch = next(trainer.dataloader_train)
     unlabeled = next(trainer.dataloader_unlabeled)["data"]
@@ -196,6 +198,13 @@ def test_paper_recipe_differs_from_ADTrainer_in_the_supervised_half_only(tiny):
     paper, default = make_trainer(tiny, "ADTrainer_paper"), make_trainer(tiny, "ADTrainer")
     assert _differing_attributes(paper, default) == {"svda_labeled": True, "use_difficulty_weights": True}
     assert type(default).psi_deep_supervision and not type(paper).psi_deep_supervision
+
+
+def test_finetune_recipe_differs_from_ADTrainer_in_its_four_attributes(tiny):
+    finetune, default = make_trainer(tiny, "ADTrainer_finetune"), make_trainer(tiny, "ADTrainer")
+    assert _differing_attributes(finetune, default) == {"initial_lr": 1e-3, "mu_rampup_epochs": 0,
+                                                        "strong_unlabeled_view": True, "num_epochs": 50}
+    assert finetune.unlabeled_weight() == finetune.unlabeled_loss_weight  # no ramp: full weight at epoch 0
 
 
 def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation(tiny):
@@ -357,3 +366,14 @@ def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     final = torch.load(os.path.join(out, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert len(final["logging"]["L_u"]) == trainer.num_epochs  # no epoch skipped
+
+
+def test_every_variant_is_found_by_nnunets_trainer_lookup():
+    import inspect
+
+    from ad_nnunet.training import variants
+    from ad_nnunet.training.ad_trainer import ADTrainer
+
+    shim = open(os.path.join(ext_trainer_dir(), "ad_trainers.py")).read()
+    names = [n for n, c in inspect.getmembers(variants, inspect.isclass) if issubclass(c, ADTrainer)]
+    assert "ADTrainer_finetune" in names and not [n for n in names if n not in shim]

@@ -7,6 +7,7 @@ from ad_nnunet.training.ad_trainer import ADTrainer  # noqa: F401
 from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_50epochs,
     ADTrainer_demo,
+    ADTrainer_finetune,
     ADTrainer_noDiffusion,
     ADTrainer_noDRS,
     ADTrainer_noRS,

@@ -161,19 +161,24 @@ class ADNet(nn.Module):
 
     # ---- the one entry point ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mode: str = "segment", x_t: Optional[torch.Tensor] = None,
-                t: Optional[torch.Tensor] = None, x_unlabeled: Optional[torch.Tensor] = None):
+                t: Optional[torch.Tensor] = None, x_unlabeled: Optional[torch.Tensor] = None,
+                psi_on_unlabeled: bool = True):
         """
         mode "segment": D_theta(E(x)), one logits tensor (inference, nnU-Net validation).
+        mode "psi":     D_psi(E(x)) at full resolution (the teacher's logits on an unlabeled batch).
         mode "denoise": D_xi(E_noisy(x, x_t, t)) logits (DDIM sampling).
         mode "train":   dict with the gradient-carrying outputs of one A&D step:
             "xi":      D_xi on the labeled batch's noisy labels (if the diffusion stream exists),
             "psi":     D_psi(E(x)) on the labeled batch (with ``psi_deep_supervision``: nnU-Net's list of
                        outputs, full resolution first),
             "theta_u": D_theta(E(x_u)) on the unlabeled batch,
-            "psi_u":   D_psi on the SAME unlabeled skips, without gradient (one encoder pass serves both).
+            "psi_u":   D_psi on the SAME unlabeled skips, without gradient (one encoder pass serves both; left out
+                       with ``psi_on_unlabeled=False``, when the teacher saw another view of the batch).
         """
         if mode == "segment":
             return self.decoder(self.encode(x))
+        if mode == "psi":
+            return self.full_resolution(self.decoder_psi(self.encode(x)))
         if mode == "denoise":
             return self.denoise(x, x_t, t)
         if mode == "train":
@@ -183,10 +188,11 @@ class ADNet(nn.Module):
             if x_unlabeled is not None:
                 skips_u = self.encode(x_unlabeled)
                 out["theta_u"] = self.decoder(skips_u)
-                with torch.no_grad():
-                    out["psi_u"] = self.full_resolution(self.decoder_psi([s.detach() for s in skips_u]))
+                if psi_on_unlabeled:
+                    with torch.no_grad():
+                        out["psi_u"] = self.full_resolution(self.decoder_psi([s.detach() for s in skips_u]))
             return out
-        raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'denoise' or 'train'")
+        raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'psi', 'denoise' or 'train'")
 
 
 def build_ad_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int,

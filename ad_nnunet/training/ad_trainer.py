@@ -47,6 +47,7 @@ from ad_nnunet.method.decoupling import ema_blend_
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule, encode_labels
 from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, argmax_pseudo_label, rs_pseudo_label
+from ad_nnunet.method.strong_view import strong_view
 from ad_nnunet.method.svda import svda_training_transforms
 from ad_nnunet.network.ad_net import ADNet, build_ad_network
 from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
@@ -93,6 +94,7 @@ class ADTrainer(nnUNetTrainer):
         self.svda_p_op = 0.7
         self.use_difficulty_weights = False  # DRS weights on D_psi's loss (the paper: on)
         self.use_rs_fusion = True
+        self.strong_unlabeled_view = False  # D_theta learns the pseudo-label on a strong view (strong_view.py)
         self.gumbel_tau = 1.0
         self.smoothing_kernel_size = 3
         self.smoothing_sigma = 1.0
@@ -273,11 +275,17 @@ class ADTrainer(nnUNetTrainer):
         full = target[0]
         logits_xi_u = self.diffusion_pseudo_logits(unlabeled) if self.with_diffusion_stream else None
         x_t, t = self.noisy_labels(full) if self.with_diffusion_stream else (None, None)
-        out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=unlabeled)
+        if self.strong_unlabeled_view:  # the teacher sees the batch, D_theta a strong view of it (strong_view.py)
+            with torch.no_grad():
+                pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"))
+            student, pseudo = strong_view(unlabeled, pseudo)  # global torch RNG: seeded, saved on resume
+            out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=student, psi_on_unlabeled=False)
+        else:
+            out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=unlabeled)
+            pseudo = self.pseudo_label(logits_xi_u, out["psi_u"])
         labeled_for_drs = out["xi"] if self.with_diffusion_stream else ADNet.full_resolution(out["psi"])
         weights = self.core.difficulty.update(labeled_for_drs.detach().float(), full) \
             if self.use_difficulty_weights else None
-        pseudo = self.pseudo_label(logits_xi_u, out["psi_u"])
         zero = out["theta_u"].new_zeros(())
         return {"L_deno": dice_ce_loss(out["xi"], full) if self.with_diffusion_stream else zero,
                 "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),

@@ -50,3 +50,11 @@ class ADTrainer_noDRS(ADTrainer_paper):
 class ADTrainer_noRS(ADTrainer_paper):
     """The paper's ablation without Reparameterize & Smooth: pseudo-label = plain argmax of the DDIM logits."""
     overrides = {**ADTrainer_paper.overrides, "use_rs_fusion": False}
+
+
+# ---- after a trained nnU-Net model (adnnunet_warm_start) ---------------------------------------------------------
+class ADTrainer_finetune(ADTrainer):
+    """A&D as a fine-tuning phase of a trained nnU-Net model (start it with adnnunet_warm_start, then --c): a
+    learning rate of 1e-3 (the model is trained already), the unlabeled loss at full weight from the start, and
+    D_theta learning the pseudo-labels on a strong view of the unlabeled batch (strong_view.py); 50 x 150 steps."""
+    overrides = {"initial_lr": 1e-3, "mu_rampup_epochs": 0, "strong_unlabeled_view": True, "num_epochs": 50}
