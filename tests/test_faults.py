@@ -18,8 +18,9 @@ import torch
 from ad_nnunet import console_command, ext_trainer_dir
 from ad_nnunet.data import settings as settings_cli
 from ad_nnunet.data import unlabeled_preprocessing as preprocess_cli
-from ad_nnunet.data.settings import settings_path
+from ad_nnunet.data.settings import load_settings, settings_path
 from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled
+from ad_nnunet.errors import ADInputError
 
 CFG = "3d_fullres"
 TINY = "3d_tiny"
@@ -143,13 +144,26 @@ def test_unknown_cases_in_case_lists_and_domain_files(phantom_copy, tmp_path, ca
     rc = settings_cli.main(["-d", ds, "--setting", "uda", "--source", "A", "--target", "Z", "--domains",
                             str(domains_file)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "target domain(s) ['Z']")
-    # a case list naming a case that does not exist
-    labeled = tmp_path / "labeled.txt"
+    # case lists naming a case that does not exist
+    labeled, unlabeled = tmp_path / "labeled.txt", tmp_path / "unlabeled.txt"
     labeled.write_text("phantom_000\nphantom_404\n")
     rc = settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "phantom_404")
+    labeled.write_text("phantom_000\nphantom_001\n")
+    unlabeled.write_text("phantom_002\nunl_404\n")
+    rc = settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled), "--unlabeled_list",
+                            str(unlabeled)])
+    assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "unl_404")
     assert not os.path.exists(settings_path(d["dataset_id"]))
     assert not os.path.exists(os.path.join(d["preprocessed"], "splits_final.json"))
+    # a settings file edited by hand to name a case that does not exist: loading it (as training does) fails
+    assert settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)]) == 0
+    capsys.readouterr()
+    settings = json.load(open(settings_path(d["dataset_id"])))
+    settings["folds"][0]["unlabeled"].append("ghost_002")
+    json.dump(settings, open(settings_path(d["dataset_id"]), "w"))
+    with pytest.raises(ADInputError, match=r"ghost_002.*exist neither in imagesTr nor in imagesUnlabeled.*Fix"):
+        load_settings(d["dataset_id"])
 
 
 def _train(ds, *extra, env=None, trainer="ADTrainer_tiny", timeout=300):
