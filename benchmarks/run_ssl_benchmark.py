@@ -60,7 +60,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -343,6 +343,14 @@ class Benchmark:
                                f"labeled-only baseline is the comparison this benchmark makes. Fix: pass --methods ad "
                                f"labeled_only (add full for the upper bound and the gap closure), or drop --methods.")
         self.methods = tuple(m for m in METHODS if m.key in args.methods)  # in METHODS order, without repeats
+        if args.ad_trainer != "ADTrainer":  # an A&D variant as the benchmark's A&D method
+            variant = ladder_method(args.ad_trainer)
+            if variant.kind != "ad":
+                raise ADInputError(f"--ad_trainer {args.ad_trainer} is not an A&D trainer. Fix: name ADTrainer or one "
+                                   f"of its variants, e.g. ADTrainer_finetune.")
+            self.methods = tuple(replace(m, label=f"A&D ({args.ad_trainer})", base=variant.base,
+                                         base_module=variant.base_module) if m.key == "ad" else m
+                                 for m in self.methods)
         w = args.warm_start_steps
         if w:
             if not 0 < w < args.steps or w % args.iterations_per_epoch or args.steps % args.iterations_per_epoch:
@@ -437,7 +445,8 @@ class Benchmark:
                 # only when used, so that states written before these options existed still resume
                 **({"warm_start_steps": self.budget.warm_start_steps} if self.budget.warm_start_steps else {}),
                 **({"dev": self.dev} if self.dev else {}),
-                **({"extra_trainers": list(self.args.extra_trainers)} if self.args.extra_trainers else {})}
+                **({"extra_trainers": list(self.args.extra_trainers)} if self.args.extra_trainers else {}),
+                **({"ad_trainer": self.args.ad_trainer} if self.args.ad_trainer != "ADTrainer" else {})}
 
     def _load_state(self) -> dict:
         methods = [m.key for m in self.methods]
@@ -1098,6 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev_cases", type=int, default=0,
                    help="also score every run but the all-labels one on the first K unlabeled cases (development "
                         "cases for decisions; default 0)")
+    p.add_argument("--ad_trainer", default="ADTrainer", metavar="TRAINER",
+                   help="the A&D trainer class of the ad method (default ADTrainer), e.g. ADTrainer_finetune with "
+                        "--warm_start_steps: its hyperparameters with the benchmark's budget")
     p.add_argument("--extra_trainers", nargs="+", default=[], metavar="TRAINER",
                    help="more runs with the same budget on fold 0, one per trainer class (nnU-Net or A&D variants, "
                         "e.g. nnUNetTrainerNoDeepSupervision ADTrainer_paper): the rungs of an attribution ladder")

@@ -442,3 +442,22 @@ def test_extra_trainers_are_ladder_rungs_with_the_same_budget(bench_dataset, tmp
     with pytest.raises(ADInputError, match="no such trainer class"):
         rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
             "--extra_trainers", "NoSuchTrainer"))), "cmd")
+
+
+def test_ad_trainer_variant_is_the_ad_method_with_the_budget(bench_dataset, tmp_path):
+    ds = bench_dataset
+    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
+        "--warm_start_steps", "2", "--methods", "ad", "labeled_only", "--ad_trainer", "ADTrainer_finetune")))
+    bench = rsb.Benchmark(args, "cmd")
+    assert [bench.trainer(m) for m in bench.methods] == [
+        "BenchnnUNetTrainer_2x2", "BenchADTrainer_finetune_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
+    assert bench.methods[1].label == "A&D (ADTrainer_finetune)" and bench.config()["ad_trainer"] == "ADTrainer_finetune"
+    module_file = Path(bench.write_trainers({})["file"])
+    namespace = {}
+    exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)
+    from ad_nnunet.training.variants import ADTrainer_finetune
+    assert issubclass(namespace["BenchADTrainer_finetune_1x2_ddim2"], ADTrainer_finetune)
+    with pytest.raises(ADInputError, match="is not an A&D trainer"):
+        rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
+            "--ad_trainer", "nnUNetTrainerNoDeepSupervision"))), "cmd")
+
