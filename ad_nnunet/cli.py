@@ -38,30 +38,28 @@ def _trained_run_folder(args) -> str:
 
 
 def warm_start_entry(argv=None) -> int:
-    """`adnnunet_warm_start`: start an A&D run from a trained nnU-Net model (ad_nnunet/training/warm_start.py)."""
+    """`adnnunet_warm_start`: start a run from a trained nnU-Net model (ad_nnunet/training/warm_start.py)."""
     p = _model_arguments(
         "adnnunet_warm_start",
-        "Write an epoch-0 checkpoint of an A&D trainer initialised from a trained nnUNetTrainer model (every decoder "
-        "then computes that model); continue with `nnUNetv2_train D C F -tr ADTrainer --c`.")
-    p.add_argument("-f", required=True, help="fold of the A&D run")
+        "Write an epoch-0 checkpoint of a trainer initialised from a trained nnUNetTrainer model, then continue with "
+        "`nnUNetv2_train D C F -tr TRAINER --c`. An A&D trainer (default) starts with every decoder computing that "
+        "model; a plain nnU-Net trainer (e.g. one with a lower learning rate) continues the model itself, the matched "
+        "control of an A&D fine-tuning run.")
+    p.add_argument("-f", required=True, help="fold of the new run")
     p.add_argument("-i", required=True, help="nnU-Net checkpoint of the same configuration, e.g. "
                                              ".../nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing A&D run in that fold")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in that fold")
     args = p.parse_args(argv)
 
     def body():
         import torch
         from nnunetv2.run.run_training import get_trainer_from_args
 
-        from ad_nnunet.errors import ADInputError
-        from ad_nnunet.training.ad_trainer import ADTrainer
         from ad_nnunet.training.warm_start import read_nnunet_checkpoint, write_warm_start_checkpoint
 
         checkpoint = read_nnunet_checkpoint(args.i)  # before building the trainer: a wrong path fails fast
         fold = args.f if args.f == "all" else int(args.f)
         trainer = get_trainer_from_args(args.d, args.c, fold, args.tr, args.p, device=torch.device("cpu"))
-        if not isinstance(trainer, ADTrainer):
-            raise ADInputError(f"-tr {args.tr} is not an A&D trainer. Fix: pass ADTrainer or one of its variants.")
         path = write_warm_start_checkpoint(trainer, args.i, checkpoint, overwrite=args.overwrite)
         print(f"{path} written (epoch 0, initialised from {args.i}).\n"
               f"Next: nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr} -p {args.p} --c")

@@ -325,19 +325,22 @@ def test_training_without_raw_data_uses_the_preprocessed_unlabeled_cases(tiny, t
         shutil.move(tmp_path / "raw_elsewhere", tiny["raw"])
 
 
-def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
-    """adnnunet_warm_start writes an epoch-0 checkpoint whose D_theta is the nnU-Net model; `nnUNetv2_train --c`
-    then trains every epoch of the A&D schedule from it."""
-    from nnunetv2.run.run_training import get_trainer_from_args
-
-    nnunet = get_trainer_from_args(str(tiny["dataset_id"]), CONFIG, 0, "nnUNetTrainer", "nnUNetPlans",
-                                   device=torch.device("cpu"))
+def trained_nnunet_model(ds):
+    """An nnUNetTrainer model (not nnU-Net's initialisation) saved as fold 0's checkpoint_final.pth."""
+    nnunet = make_trainer(ds, "nnUNetTrainer")
     nnunet.initialize()
-    with torch.no_grad():  # a model that is not nnU-Net's initialisation
+    with torch.no_grad():
         for p in nnunet.network.parameters():
             p.add_(0.05 * torch.randn_like(p))
     source = os.path.join(nnunet.output_folder, "checkpoint_final.pth")
     nnunet.save_checkpoint(source)
+    return nnunet, source
+
+
+def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
+    """adnnunet_warm_start writes an epoch-0 checkpoint whose D_theta is the nnU-Net model; `nnUNetv2_train --c`
+    then trains every epoch of the A&D schedule from it."""
+    nnunet, source = trained_nnunet_model(tiny)
     cmd = ["adnnunet_warm_start", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-i", source,
            "-tr", "ADTrainer_tiny"]
     done = run_cli(cmd)
@@ -366,6 +369,29 @@ def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     final = torch.load(os.path.join(out, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert len(final["logging"]["L_u"]) == trainer.num_epochs  # no epoch skipped
+
+
+def test_warm_start_of_a_plain_nnunet_trainer_continues_the_model(tiny):
+    """The matched control of A&D fine-tuning: a stock nnU-Net trainer starts at epoch 0 from the model itself,
+    output layers included; a U-Net of other plans is an error naming the file."""
+    nnunet, source = trained_nnunet_model(tiny)
+    cmd = ["adnnunet_warm_start", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-i", source,
+           "-tr", "nnUNetTrainer_1epoch"]
+    done = run_cli(cmd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    control = make_trainer(tiny, "nnUNetTrainer_1epoch")
+    control.initialize()
+    control.load_checkpoint(os.path.join(output_folder(tiny, "nnUNetTrainer_1epoch"), "checkpoint_latest.pth"))
+    assert control.current_epoch == 0
+    for key, value in nnunet.network.state_dict().items():
+        torch.testing.assert_close(control.network.state_dict()[key], value)
+
+    from ad_nnunet.training.warm_start import load_unet_weights
+
+    state = nnunet.network.state_dict()
+    other = {**state, "decoder.seg_layers.0.weight": torch.zeros(5, *state["decoder.seg_layers.0.weight"].shape[1:])}
+    with pytest.raises(ADInputError, match=r"model.pth has decoder.seg_layers.0.weight of shape .*same -p plans"):
+        load_unet_weights(control.network, other, "model.pth")
 
 
 def test_every_variant_is_found_by_nnunets_trainer_lookup():

@@ -26,6 +26,10 @@ key of the network is in the file (ADNet has keys a U-Net does not) and never tr
 decoder would start with a random output layer. ``adnnunet_warm_start`` instead writes an epoch-0
 ``checkpoint_latest.pth`` of the A&D trainer (the trainer's own ``save_checkpoint``: fresh optimizer, epoch 0),
 and ``nnUNetv2_train D C F -tr ADTrainer --c`` trains from it with nnU-Net's own resume path.
+
+The same command starts any plain nnU-Net trainer from the model (the U-Net's weights as they are, output layers
+included; fresh optimizer, epoch 0): the matched control of an A&D fine-tuning run, i.e. nnU-Net trained on the
+labeled cases for the same extra steps from the same start, at the same learning rate.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
 from ad_nnunet.network.ad_net import ADNet
+from ad_nnunet.training.ad_trainer import ADTrainer
 
 WARM_START_RECORD = "warm_start.json"
 
@@ -98,8 +103,31 @@ def read_nnunet_checkpoint(path: str) -> dict:
     return checkpoint
 
 
+def unwrapped_network(trainer) -> torch.nn.Module:
+    """``trainer.network`` without nnU-Net's DDP and ``torch.compile`` wrappers (as its ``load_checkpoint`` does)."""
+    net = trainer.network.module if trainer.is_ddp else trainer.network
+    return getattr(net, "_orig_mod", net)
+
+
+def load_unet_weights(net: torch.nn.Module, unet_state: Dict[str, torch.Tensor], source: str) -> None:
+    """Load an nnU-Net U-Net's weights into the same U-Net ``net`` (every key, every shape).
+
+    Raises:
+        ADInputError: the weights belong to another architecture, plans or configuration.
+    """
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(unet_state))
+    wrong = sorted(k for k in expected if k in unet_state and unet_state[k].shape != expected[k].shape)
+    if missing or wrong:
+        what = f"has no parameter {missing[0]!r}" if missing else \
+            f"has {wrong[0]} of shape {tuple(unet_state[wrong[0]].shape)}, not {tuple(expected[wrong[0]].shape)}"
+        raise ADInputError(f"{source} {what}: it is not a U-Net of this plans file and configuration. Fix: pass the "
+                           f"checkpoint of nnUNetTrainer trained with the same -p plans and configuration.")
+    net.load_state_dict({k: unet_state[k] for k in expected})
+
+
 def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrite: bool = False) -> str:
-    """Initialise ``trainer`` (an ADTrainer, not yet trained) from the nnU-Net ``checkpoint`` read from ``source``
+    """Initialise ``trainer`` (an ADTrainer or any nnU-Net trainer, not yet trained) from the nnU-Net ``checkpoint`` read from ``source``
     (:func:`read_nnunet_checkpoint`) and write its epoch-0 ``checkpoint_latest.pth``; returns that path.
     ``nnUNetv2_train ... --c`` continues from it."""
     from batchgenerators.utilities.file_and_folder_operations import join, save_json
@@ -108,15 +136,18 @@ def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrit
     existing = [f for f in ("checkpoint_latest.pth", "checkpoint_final.pth", "checkpoint_best.pth")
                 if os.path.isfile(join(trainer.output_folder, f))]
     if existing and not overwrite:
-        raise ADInputError(f"{trainer.output_folder} already holds {', '.join(existing)} of an A&D run. Fix: pick "
+        raise ADInputError(f"{trainer.output_folder} already holds {', '.join(existing)} of a run. Fix: pick "
                            f"another fold or trainer, or pass --overwrite to replace that run.")
     source_config = checkpoint.get("init_args", {}).get("configuration")
     if source_config is not None and source_config != trainer.configuration_name:
-        raise ADInputError(f"{source} was trained with configuration {source_config}, the A&D run uses "
+        raise ADInputError(f"{source} was trained with configuration {source_config}, this run uses "
                            f"{trainer.configuration_name}. Fix: warm-start from a model of the same configuration.")
     if not trainer.was_initialized:
         trainer.initialize()
-    trainer.core.load_state_dict(warm_start_state_dict(trainer.core, checkpoint["network_weights"], source))
+    if isinstance(trainer, ADTrainer):
+        trainer.core.load_state_dict(warm_start_state_dict(trainer.core, checkpoint["network_weights"], source))
+    else:
+        load_unet_weights(unwrapped_network(trainer), checkpoint["network_weights"], source)
     for name in existing:
         os.remove(join(trainer.output_folder, name))
     # nnU-Net stores the epoch to continue with as current_epoch + 1; --c must start at epoch 0
