@@ -32,18 +32,20 @@ setup(
     extras_require={"test": ["pytest>=8"]},
     entry_points={
         "console_scripts": [
-            "adnnunet_ext_path = ad_nnunet.cli:ext_path_entry",
+            "adnnunet_ext_path = ad_nnunet.entrypoints.preparation:ext_path_entry",
             "adnnunet_warm_start = ad_nnunet.cli:warm_start_entry",
             "adnnunet_export = ad_nnunet.cli:export_entry",
             "adnnunet_pseudolabels = ad_nnunet.cli:pseudolabels_entry",
             "adnnunet_rank_unlabeled = ad_nnunet.cli:rank_unlabeled_entry",
             "adnnunet_demo = ad_nnunet.demo:main",
-            "adnnunet_make_phantom = ad_nnunet.data.phantom:main",
-            "adnnunet_preprocess_unlabeled = ad_nnunet.data.unlabeled_preprocessing:main",
-            "adnnunet_make_settings = ad_nnunet.data.settings:main",
+            "adnnunet_make_phantom = ad_nnunet.entrypoints.datasets:make_phantom_entry",
+            "adnnunet_preprocess_unlabeled = ad_nnunet.entrypoints.preparation:preprocess_unlabeled_entry",
+            "adnnunet_make_settings = ad_nnunet.entrypoints.preparation:make_settings_entry",
             "adnnunet_evaluate = ad_nnunet.evaluation.evaluate:main",
-            "adnnunet_apply_preset = ad_nnunet.plans_presets:main",
-            "adnnunet_domains = ad_nnunet.data.domain_shift:main",
+            "adnnunet_apply_preset = ad_nnunet.entrypoints.preparation:apply_preset_entry",
+            "adnnunet_domains = ad_nnunet.entrypoints.datasets:domains_entry",
+            "adnnunet_prepare_la = ad_nnunet.entrypoints.datasets:prepare_la_entry",
+            "adnnunet_prepare_acdc = ad_nnunet.entrypoints.datasets:prepare_acdc_entry",
         ]
     },
 )

@@ -36,16 +36,13 @@ configuration (``apply_preset(..., preprocess=True)`` / ``--preprocess``).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
@@ -54,6 +51,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import (convert_dataset_name_
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ad_nnunet.errors import ADInputError
+from ad_nnunet.publishing import write_json_atomic
 
 _REQUIRED = {"configuration_name": str, "inherits_from": str, "max_patch_size": (int, list), "max_stages": int,
              "base_features": int, "max_features": int, "batch_size": int}
@@ -112,7 +110,8 @@ def load_preset(preset: Union[str, os.PathLike]) -> dict:
     return cfg
 
 
-def _preprocessed_dataset_folder(dataset_name_or_id: Union[int, str]) -> Path:
+def preprocessed_dataset_folder(dataset_name_or_id: Union[int, str]) -> Path:
+    """``$nnUNet_preprocessed/<DatasetXXX_Name>`` of a dataset name or id (nnU-Net's own name resolution)."""
     if not os.environ.get("nnUNet_preprocessed"):
         raise ADInputError("nnUNet_preprocessed is not set; export it (and nnUNet_raw) as for nnU-Net itself.")
     try:
@@ -210,21 +209,10 @@ def derive_configuration(plans: dict, preset: dict, plans_identifier: str = "nnU
     }
 
 
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=4)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def preset_needs_preprocessing(dataset_name_or_id: Union[int, str], configuration_name: str,
                                plans_identifier: str = "nnUNetPlans") -> bool:
     """True when the preprocessed data folder of ``configuration_name`` (its data_identifier) has no cases yet."""
-    folder = _preprocessed_dataset_folder(dataset_name_or_id)
+    folder = preprocessed_dataset_folder(dataset_name_or_id)
     plans = PlansManager(str(folder / f"{plans_identifier}.json"))
     data_dir = folder / plans.get_configuration(configuration_name).data_identifier
     return not (data_dir.is_dir() and any(data_dir.glob("*.pkl")))
@@ -247,7 +235,7 @@ def apply_preset(dataset_name_or_id: Union[int, str], preset: Union[str, os.Path
         The configuration name, for ``nnUNetv2_train <Dataset> <name> <fold> -tr ... -p <plans_identifier>``.
     """
     cfg = load_preset(preset)
-    folder = _preprocessed_dataset_folder(dataset_name_or_id)
+    folder = preprocessed_dataset_folder(dataset_name_or_id)
     plans_file = folder / f"{plans_identifier}.json"
     if not plans_file.is_file():
         raise ADInputError(f"Plans file '{plans_file}' does not exist; plan the dataset first "
@@ -274,52 +262,10 @@ def apply_preset(dataset_name_or_id: Union[int, str], preset: Union[str, os.Path
             print(f"Removing '{stale}': it was preprocessed at spacing {prev['spacing']}.")
             shutil.rmtree(stale)
     plans["configurations"][name] = new
-    _atomic_write_json(plans_file, plans)
+    write_json_atomic(plans_file, plans, indent=4)
     if preprocess and preset_needs_preprocessing(folder.name, name, plans_identifier):
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess as nnunet_preprocess
 
         nnunet_preprocess([convert_dataset_name_to_id(folder.name)], plans_identifier, configurations=(name,),
                           num_processes=(num_processes,))
     return name
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="adnnunet_apply_preset",
-        description="Add a reduced configuration (inheriting from a planned one) to an nnU-Net plans file. Shipped "
-                    f"presets: {', '.join(available_presets())}.")
-    parser.add_argument("-d", required=True, help="dataset id or name (already planned)")
-    parser.add_argument("--preset", required=True, help="preset name or path to a preset JSON")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("--preprocess", action="store_true",
-                        help="run nnU-Net's preprocessing for the new configuration if its data is missing")
-    parser.add_argument("-np", type=int, default=1, help="processes for --preprocess (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing configuration of that name")
-    args = parser.parse_args(argv)
-    try:
-        name = apply_preset(args.d, args.preset, args.p, args.overwrite, preprocess=args.preprocess,
-                            num_processes=args.np)
-        folder = _preprocessed_dataset_folder(args.d)
-        needs = preset_needs_preprocessing(folder.name, name, args.p)
-    except ADInputError as e:
-        print(f"adnnunet_apply_preset: error: {e}", file=sys.stderr)
-        return 2
-    c = PlansManager(str(folder / f"{args.p}.json")).get_configuration(name)
-    kw = c.network_arch_init_kwargs
-    print(f"Configuration '{name}' (inherits from '{c.configuration['inherits_from']}') written to "
-          f"{folder / (args.p + '.json')}\n"
-          f"  spacing:         {c.spacing}\n"
-          f"  patch size:      {c.patch_size}\n"
-          f"  stages:          {kw['n_stages']} (strides {kw['strides']})\n"
-          f"  features:        {kw['features_per_stage']}\n"
-          f"  batch size:      {c.batch_size}\n"
-          f"  data_identifier: {c.data_identifier}{' (not preprocessed yet)' if needs else ''}")
-    dataset_id = convert_dataset_name_to_id(folder.name)
-    if needs:
-        print(f"Preprocess first:\n  nnUNetv2_preprocess -d {dataset_id} -plans_name {args.p} -c {name} -np {args.np}")
-    print(f"Next:\n  nnUNetv2_train {dataset_id} {name} 0 -tr ADTrainer -p {args.p}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,6 +45,7 @@ from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.data.raw import list_labeled_cases, list_unlabeled_cases, raw_dataset_folder
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
+from ad_nnunet.publishing import write_atomic, write_json_atomic
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.network.ad_net import ADNet
@@ -133,7 +134,7 @@ def claim_output_folder(out_dir: Union[str, os.PathLike], marker: dict) -> Path:
     for sub in ("labels", "overlays", "cases"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     if not marker_file.is_file():
-        _write_atomic(marker_file, lambda tmp: tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8"))
+        write_json_atomic(marker_file, marker)
     return out
 
 
@@ -212,19 +213,8 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray, class_names:
     fig.legend([Line2D([], [], color=colours[c]) for c in sorted(class_names)],
                [class_names[c] for c in sorted(class_names)], loc="lower center", ncol=max(1, len(class_names)))
     fig.suptitle(title)
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` then rename onto ``path``; the temporary name keeps the file ending (readers pick the format
-    by it) and is hidden, so a killed run leaves no half-written output under the final name."""
-    tmp = path.with_name(f".{path.name.split('.')[0]}.tmp{os.getpid()}{''.join(path.suffixes)}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------
@@ -289,7 +279,7 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
         onehot = torch.nn.functional.one_hot(fused, labels.num_segmentation_heads).movedim(-1, 0).float()
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             onehot, plans, config, labels, properties)
-        _write_atomic(label_file, lambda tmp: plans.image_reader_writer_class().write_seg(
+        write_atomic(label_file, lambda tmp: plans.image_reader_writer_class().write_seg(
             segmentation, str(tmp), properties))
 
         foreground = labels.foreground_labels
@@ -304,7 +294,7 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
                   "images": [str(f) for f in files]}
         write_overlay(overlay_file, data[0].numpy(), fused.numpy(), class_names,
                       f"{case}: disagreement {scores['disagreement']:.3f}, confidence {scores['mean_confidence']:.3f}")
-        _write_atomic(json_file, lambda tmp: tmp.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8"))
+        write_json_atomic(json_file, scores)
     return write_reports(out)
 
 
@@ -326,7 +316,7 @@ def write_reports(out_dir: Union[str, os.PathLike]) -> Path:
             writer.writerows(rows)
 
     csv_file = out / CSV_NAME
-    _write_atomic(csv_file, write_csv)
+    write_atomic(csv_file, write_csv)
     marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
     sections = []
     for row in rows:
@@ -341,7 +331,7 @@ def write_reports(out_dir: Union[str, os.PathLike]) -> Path:
             f"body{{font-family:sans-serif}} td,th{{padding:2px 10px;text-align:right}} img{{max-width:100%}}"
             f"</style></head><body><h1>{title}</h1><p>{len(rows)} cases, most disagreement between the diffusion "
             f"and plain decoders (the scan to label next) first.</p>{''.join(sections)}</body></html>\n")
-    _write_atomic(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    write_atomic(out / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return csv_file
 
 

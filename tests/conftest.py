@@ -47,7 +47,7 @@ def planned_phantom(nnunet_dirs):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
 
-    from ad_nnunet.data.phantom import make_phantom_dataset
+    from ad_nnunet.dataset_conversion.phantom import make_phantom_dataset
 
     raw = make_phantom_dataset(nnunet_dirs["raw"], PHANTOM_ID, PHANTOM_NAME, num_labeled=6, num_unlabeled=6,
                                num_test=2, shape=(24, 32, 32), seed=0)

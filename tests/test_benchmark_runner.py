@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ad_nnunet.dataset_conversion import prepare_la
 from ad_nnunet.errors import ADInputError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import pack_gpu_tier  # noqa: E402
-import prepare_la  # noqa: E402
 import run_ssl_benchmark as rsb  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""Tests for ad_nnunet.data.domain_shift: the shift model, patient grouping and the dataset writers."""
+"""Tests for ad_nnunet.dataset_conversion.scanner_shift (the shift model) and .domain_dataset (patient grouping, the
+dataset writers, adnnunet_domains)."""
 import json
 import os
 from pathlib import Path
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ad_nnunet.data.domain_shift import (RECIPE_FILENAME, ShiftParams, apply_shift, derive_domain_dataset,
-                                         domain_counts, main, patient_group, simulate_domains, vendor_presets)
+from ad_nnunet.dataset_conversion.domain_dataset import (RECIPE_FILENAME, derive_domain_dataset, domain_counts,
+                                                        patient_group, simulate_domains)
+from ad_nnunet.dataset_conversion.scanner_shift import ShiftParams, apply_shift, vendor_presets
+from ad_nnunet.entrypoints.datasets import domains_entry
 from ad_nnunet.errors import ADInputError
 
 SHARED = Path(os.environ.get("AD_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -335,16 +338,17 @@ def test_cli_simulate_and_error_exit(src, tmp_path, monkeypatch, capsys):
     # nnU-Net resolves dataset ids in raw, preprocessed AND results: isolate all three from other tests' datasets
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    rc = main(["simulate", "-i", "900", "-d", "250", "-n", "Cli", "--domains", "A=identity", "B=vendorB",
-               'C={"gamma": 1.2}', "--heldout", "C", "--unlabeled", "B", "--unlabeled_folder", "--seed", "2"])
+    rc = domains_entry(["simulate", "-i", "900", "-d", "250", "-n", "Cli", "--domains", "A=identity", "B=vendorB",
+                        'C={"gamma": 1.2}', "--heldout", "C", "--unlabeled", "B", "--unlabeled_folder", "--seed", "2"])
     printed = capsys.readouterr().out
     assert rc == 0 and "Dataset250_Cli" in printed and "imagesUnlabeled" in printed and "total" in printed
     recipe = json.loads((raw / "Dataset250_Cli" / RECIPE_FILENAME).read_text())
     assert recipe["command"].startswith("adnnunet_domains simulate -i 900") and recipe["seed"] == 2
-    rc = main(["derive", "-i", str(raw / src.name), "-d", "251", "-n", "Bad", "--domains_json",
-               str(tmp_path / "missing.json"), "--heldout", "HCM"])
+    rc = domains_entry(["derive", "-i", str(raw / src.name), "-d", "251", "-n", "Bad", "--domains_json",
+                        str(tmp_path / "missing.json"), "--heldout", "HCM"])
     assert rc == 2 and "missing.json" in capsys.readouterr().err
-    rc = main(["simulate", "-i", "900", "-d", "252", "-n", "Bad2", "--domains", "A=identity", "--heldout", "Q"])
+    rc = domains_entry(["simulate", "-i", "900", "-d", "252", "-n", "Bad2", "--domains", "A=identity",
+                        "--heldout", "Q"])
     assert rc == 2 and "Q" in capsys.readouterr().err and not (raw / "Dataset252_Bad2").exists()
 
 

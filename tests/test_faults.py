@@ -16,10 +16,9 @@ import SimpleITK as sitk
 import torch
 
 from ad_nnunet import console_command, ext_trainer_dir
-from ad_nnunet.data import settings as settings_cli
-from ad_nnunet.data import unlabeled_preprocessing as preprocess_cli
 from ad_nnunet.data.settings import load_settings, settings_path
 from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled
+from ad_nnunet.entrypoints.preparation import make_settings_entry, preprocess_unlabeled_entry
 from ad_nnunet.errors import ADInputError
 
 CFG = "3d_fullres"
@@ -83,7 +82,7 @@ def test_bad_unlabeled_image_file(preprocessed, capsys, fault):
     bad = os.path.join(d["unl"], "unl_002_0000.nii.gz")
     inject(bad)
     before = snapshot(d["unlabeled_folder"])
-    rc = preprocess_cli.main(["-d", str(d["dataset_id"]), "-c", CFG, "-np", "1", "--quiet"])
+    rc = preprocess_unlabeled_entry(["-d", str(d["dataset_id"]), "-c", CFG, "-np", "1", "--quiet"])
     assert_error(rc, capsys.readouterr().err, "adnnunet_preprocess_unlabeled", "'unl_002'", bad, needle)
     after = snapshot(d["unlabeled_folder"])
     # the bad case's earlier output is gone (its source changed), every other case is untouched, no temp files
@@ -121,7 +120,7 @@ def test_bad_unlabeled_folder_touches_nothing(preprocessed, capsys, inject):
     d = preprocessed
     needles = inject(d)
     before = snapshot(d["unlabeled_folder"])
-    rc = preprocess_cli.main(["-d", str(d["dataset_id"]), "-c", CFG, "-np", "1", "--quiet"])
+    rc = preprocess_unlabeled_entry(["-d", str(d["dataset_id"]), "-c", CFG, "-np", "1", "--quiet"])
     assert_error(rc, capsys.readouterr().err, "adnnunet_preprocess_unlabeled", *needles)
     assert snapshot(d["unlabeled_folder"]) == before
 
@@ -134,30 +133,30 @@ def test_unknown_cases_in_case_lists_and_domain_files(phantom_copy, tmp_path, ca
     domains["ghost_001"] = "Z"
     domains_file = tmp_path / "domains.json"
     domains_file.write_text(json.dumps(domains))
-    rc = settings_cli.main(["-d", ds, "--setting", "uda", "--source", "A", "--target", "Z", "--domains",
-                            str(domains_file)])
+    rc = make_settings_entry(["-d", ds, "--setting", "uda", "--source", "A", "--target", "Z", "--domains",
+                               str(domains_file)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "ghost_001", str(domains_file))
     # a target domain that only an imagesTs case has: nothing to adapt to
     del domains["ghost_001"]
     domains["test_000"] = "Z"
     domains_file.write_text(json.dumps(domains))
-    rc = settings_cli.main(["-d", ds, "--setting", "uda", "--source", "A", "--target", "Z", "--domains",
-                            str(domains_file)])
+    rc = make_settings_entry(["-d", ds, "--setting", "uda", "--source", "A", "--target", "Z", "--domains",
+                               str(domains_file)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "target domain(s) ['Z']")
     # case lists naming a case that does not exist
     labeled, unlabeled = tmp_path / "labeled.txt", tmp_path / "unlabeled.txt"
     labeled.write_text("phantom_000\nphantom_404\n")
-    rc = settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)])
+    rc = make_settings_entry(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "phantom_404")
     labeled.write_text("phantom_000\nphantom_001\n")
     unlabeled.write_text("phantom_002\nunl_404\n")
-    rc = settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled), "--unlabeled_list",
-                            str(unlabeled)])
+    rc = make_settings_entry(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled), "--unlabeled_list",
+                               str(unlabeled)])
     assert_error(rc, capsys.readouterr().err, "adnnunet_make_settings", "unl_404")
     assert not os.path.exists(settings_path(d["dataset_id"]))
     assert not os.path.exists(os.path.join(d["preprocessed"], "splits_final.json"))
     # a settings file edited by hand to name a case that does not exist: loading it (as training does) fails
-    assert settings_cli.main(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)]) == 0
+    assert make_settings_entry(["-d", ds, "--setting", "ssl", "--labeled_list", str(labeled)]) == 0
     capsys.readouterr()
     settings = json.load(open(settings_path(d["dataset_id"])))
     settings["folds"][0]["unlabeled"].append("ghost_002")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ad_nnunet.data.phantom import LABELS, domain_shift_params, main, make_phantom_dataset
+from ad_nnunet.dataset_conversion.phantom import LABELS, domain_shift_params, make_phantom_dataset
+from ad_nnunet.entrypoints.datasets import make_phantom_entry
 from ad_nnunet.errors import ADInputError
 
 KW = dict(num_labeled=3, num_unlabeled=4, num_test=2, shape=(16, 24, 24))
@@ -81,14 +82,14 @@ def test_refuses_overwrite(tmp_path):
     make_phantom_dataset(str(tmp_path), 994, num_labeled=2, num_unlabeled=0, num_test=0, shape=(8, 8, 8),
                          overwrite=True)
     assert len(os.listdir(tmp_path / "Dataset994_ADPhantom" / "imagesTr")) == 2
-    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert os.listdir(tmp_path) == ["Dataset994_ADPhantom"]  # no staging folder left behind
 
 
 def test_cli(tmp_path, capsys):
-    main(["-o", str(tmp_path), "-d", "995", "--num_labeled", "2", "--num_unlabeled", "1", "--num_test", "0",
-          "--shape", "8", "12", "12", "--domains", "A", "B"])
+    make_phantom_entry(["-o", str(tmp_path), "-d", "995", "--num_labeled", "2", "--num_unlabeled", "1",
+                        "--num_test", "0", "--shape", "8", "12", "12", "--domains", "A", "B"])
     out = capsys.readouterr().out.strip()
     assert out.endswith("Dataset995_ADPhantom")
-    assert main(["-o", str(tmp_path), "-d", "995", "--shape", "8", "12", "12"]) == 2
+    assert make_phantom_entry(["-o", str(tmp_path), "-d", "995", "--shape", "8", "12", "12"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("adnnunet_make_phantom: error: ") and "already exists" in err and "Traceback" not in err

@@ -13,6 +13,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ad_nnunet import plans_presets
+from ad_nnunet.entrypoints.preparation import apply_preset_entry
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.plans_presets import (_presets_dir, apply_preset, available_presets, load_preset,
                                      preset_needs_preprocessing)
@@ -125,7 +126,7 @@ def test_spacing_factor_preset_new_identifier_and_bounds(plans_file):
 
 def test_preprocess_creates_data_at_new_spacing(plans_file, capsys, tmp_path):
     root = plans_file.parent
-    assert plans_presets.main(["-d", str(DATASET_ID), "--preset", "la_cpu", "--preprocess", "-np", "1"]) == 0
+    assert apply_preset_entry(["-d", str(DATASET_ID), "--preset", "la_cpu", "--preprocess", "-np", "1"]) == 0
     out = capsys.readouterr().out
     assert "nnUNetv2_train 880 3d_cpu 0 -tr ADTrainer -p nnUNetPlans" in out
     assert not preset_needs_preprocessing(DATASET_ID, "3d_cpu")
@@ -213,7 +214,7 @@ def test_invalid_presets(plans_file, tmp_path):
     bad.write_text(json.dumps({k: v for k, v in base.items() if k != "batch_size"} | {"batchsize": 2}))
     with pytest.raises(ADInputError, match="batch_size"):
         apply_preset(DATASET_ID, bad)
-    assert plans_presets.main(["-d", str(DATASET_ID), "--preset", "no_such_preset"]) == 2
+    assert apply_preset_entry(["-d", str(DATASET_ID), "--preset", "no_such_preset"]) == 2
     assert "nnUNetPlans" in json.loads(plans_file.read_text())["plans_name"]
 
 

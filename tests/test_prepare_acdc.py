@@ -1,4 +1,5 @@
-"""benchmarks/prepare_acdc.py: the ACDC imbssl / uda / semidg datasets on a tiny synthetic ACDC-like source."""
+"""ad_nnunet/dataset_conversion/prepare_acdc.py: the ACDC imbssl / uda / semidg datasets on a tiny synthetic ACDC-like
+source."""
 import hashlib
 import json
 import sys
@@ -8,14 +9,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ad_nnunet.data.domain_shift import patient_group
+from ad_nnunet.dataset_conversion import prepare_acdc
+from ad_nnunet.dataset_conversion.domain_dataset import patient_group
+from ad_nnunet.entrypoints.datasets import prepare_acdc_entry
 from ad_nnunet.errors import ADInputError
 from conftest import shared_datasets_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import prepare_acdc  # noqa: E402
 import run_ssl_benchmark as rsb  # noqa: E402
 
 GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
@@ -152,8 +154,8 @@ def test_same_seed_same_dataset_other_seed_other_split(fake_source, tmp_path, se
 
 def test_cli_prints_next_command_and_runner_accepts_the_dataset(fake_source, tmp_path, capsys, monkeypatch):
     raw = tmp_path / "raw"
-    assert prepare_acdc.main(["semidg", "--source", str(fake_source), "--raw", str(raw), "--seed", "1",
-                              "--fraction", "0.25"]) == 0
+    assert prepare_acdc_entry(["semidg", "--source", str(fake_source), "--raw", str(raw), "--seed", "1",
+                               "--fraction", "0.25"]) == 0
     out = capsys.readouterr().out
     assert "--setting semidg" in out and "--preset acdc_cpu_2d" in out and "Dataset123_ACDCdg" in out
     # the printed command passes the runner's input checks (hold-out not in imagesTr, lists in imagesTr)
@@ -166,8 +168,8 @@ def test_cli_prints_next_command_and_runner_accepts_the_dataset(fake_source, tmp
     bench = rsb.Benchmark(args, "cmd")
     assert bench.test == json.loads((raw / "Dataset123_ACDCdg" / "benchmark_split.json").read_text())["test"]
     split = json.loads((raw / "Dataset123_ACDCdg" / "benchmark_split.json").read_text())
-    assert split["command"].startswith("python benchmarks/prepare_acdc.py semidg")
-    assert prepare_acdc.main(["uda", "--source", str(fake_source), "--raw", str(raw), "--num_test", "99"]) == 2
+    assert split["command"].startswith("adnnunet_prepare_acdc semidg")
+    assert prepare_acdc_entry(["uda", "--source", str(fake_source), "--raw", str(raw), "--num_test", "99"]) == 2
     assert "--num_test 99" in capsys.readouterr().err
 
 

@@ -2,14 +2,15 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from ad_nnunet import console_command
 from ad_nnunet.data.raw import UNLABELED_DIRNAME
-from ad_nnunet.data.settings import (FoldSplit, default_fold, hidden_label_cases, load_fold, main, make_settings,
+from ad_nnunet.data.settings import (FoldSplit, default_fold, hidden_label_cases, load_fold, make_settings,
                                      settings_path, validate_settings)
+from ad_nnunet.entrypoints.preparation import make_settings_entry
 from ad_nnunet.errors import ADInputError
 
 SHARED = Path(os.environ.get("AD_SHARED_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
@@ -279,13 +280,13 @@ def test_cli(dirs, capsys):
     raw, pre = dirs
     dom = {c: "AB"[i % 2] for i, c in enumerate(TR + UNL)}
     fake_raw(raw, 513, TR, UNL, domains=dom)
-    main(["-d", "513", "--setting", "ssl", "--num_labeled", "4", "--num_val", "1", "--num_folds", "2"])
+    make_settings_entry(["-d", "513", "--setting", "ssl", "--num_labeled", "4", "--num_val", "1", "--num_folds", "2"])
     out = capsys.readouterr().out
     assert "fold 0: labeled 4, unlabeled 8, val 1" in out and "fold 1:" in out and "domain A:" in out
     assert out.strip().endswith("ad_settings.json")
     s = read(settings_path(513))
     assert s["command"].startswith("adnnunet_make_settings -d 513 --setting ssl --num_labeled 4")
-    assert main(["-d", "513", "--setting", "uda", "--source", "Q"]) == 2
+    assert make_settings_entry(["-d", "513", "--setting", "uda", "--source", "Q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("adnnunet_make_settings: error: ") and "'Q'" in err and "known domains" in err and "Traceback" not in err
 
@@ -293,7 +294,7 @@ def test_cli(dirs, capsys):
 def test_cli_subprocess_exit_code(dirs):
     raw, pre = dirs
     fake_raw(raw, 514, TR, UNL)
-    r = subprocess.run([sys.executable, "-m", "ad_nnunet.data.settings", "-d", "514", "--setting", "ssl",
+    r = subprocess.run([console_command("adnnunet_make_settings"), "-d", "514", "--setting", "ssl",
                         "--num_labeled", "99"], capture_output=True, text=True, env=dict(os.environ),
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 2

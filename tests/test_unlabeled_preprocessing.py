@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ad_nnunet.data.settings import make_settings
-from ad_nnunet.data.unlabeled_preprocessing import (MANIFEST_NAME, META_DIRNAME, is_up_to_date, main, manifest_path,
+from ad_nnunet.data.unlabeled_preprocessing import (MANIFEST_NAME, META_DIRNAME, is_up_to_date, manifest_path,
                                                     preprocess_unlabeled, required_unlabeled_cases, unlabeled_folder)
+from ad_nnunet.entrypoints.preparation import preprocess_unlabeled_entry
 from ad_nnunet.errors import ADInputError
 
 CFG = "3d_fullres"
@@ -173,14 +174,14 @@ def test_missing_plans_or_preprocessing(phantom_copy, capsys):
     os.remove(os.path.join(d["preprocessed"], "nnUNetPlans.json"))
     with pytest.raises(ADInputError, match=rf"nnUNetv2_plan_and_preprocess -d {d['dataset_id']} -c 3d_fullres"):
         preprocess_unlabeled(d["dataset_id"], verbose=False)
-    assert main(["-d", str(d["dataset_id"]), "-c", CFG]) == 2
+    assert preprocess_unlabeled_entry(["-d", str(d["dataset_id"]), "-c", CFG]) == 2
     err = capsys.readouterr().err
     assert err.startswith("adnnunet_preprocess_unlabeled: error: ") and "nnUNetv2_plan_and_preprocess" in err
 
 
 def test_cli(phantom_copy, capsys):
     d = phantom_copy()
-    main(["-d", d["dataset_name"], "-c", CFG, "-np", "1", "--quiet"])
+    preprocess_unlabeled_entry(["-d", d["dataset_name"], "-c", CFG, "-np", "1", "--quiet"])
     assert capsys.readouterr().out.strip() == unlabeled_folder(d["dataset_id"], CFG)
     assert is_up_to_date(d["dataset_name"], CFG)
 

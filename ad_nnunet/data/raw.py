@@ -16,7 +16,6 @@ normalized and resampled with the statistics of the labeled cases, exactly like 
 import copy
 import os
 import re
-from pathlib import Path
 from typing import Dict, List, Union
 
 from ad_nnunet.errors import ADInputError
@@ -37,25 +36,6 @@ def raw_dataset_folder(dataset_name_or_id: Union[int, str]) -> str:
         raise ADInputError(f"Cannot resolve dataset {dataset_name_or_id!r}: {e}\n"
                            f"Fix: check the dataset id/name and the nnUNet_raw/nnUNet_preprocessed variables.") from e
     return os.path.join(os.fspath(nnUNet_raw), name)
-
-
-def new_dataset_folder(raw_root: Union[str, os.PathLike], dataset_id: int, name: str, overwrite: bool) -> Path:
-    """``<raw_root>/DatasetXXX_<name>`` for a raw dataset about to be written.
-
-    Refuses an id that another dataset already uses (nnU-Net resolves datasets by id) and, unless ``overwrite``, an
-    existing folder of that name.
-    """
-    root = Path(raw_root)
-    target = root / f"Dataset{int(dataset_id):03d}_{name}"
-    clash = sorted(p.name for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p.name != target.name) \
-        if root.is_dir() else []
-    if clash:
-        raise ADInputError(f"Dataset id {dataset_id} is already used by {clash} in {root}; nnU-Net needs unique "
-                           f"ids. Fix: choose another dataset id, or remove {clash}.")
-    if target.exists() and not overwrite:
-        raise ADInputError(f"{target} already exists. Fix: pass overwrite=True (CLI: --overwrite) to replace it "
-                           f"(models trained on it then no longer match), or choose another dataset id/name.")
-    return target
 
 
 def list_labeled_cases(raw_folder: str, dataset_json: dict) -> Dict[str, List[str]]:

@@ -30,20 +30,18 @@ Settings:
   ``n_d = floor(N * |D_d| / |D|)`` plus one for the largest fractional parts), ``unlabeled`` = the rest of the
   training domains.
 """
-import argparse
 import json
 import os
-import shlex
-import sys
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError, report_input_errors
 from ad_nnunet.data.raw import (UNLABELED_DIRNAME, list_labeled_cases, list_test_case_ids, list_unlabeled_cases,
-                              raw_dataset_folder)
+                                raw_dataset_folder)
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.publishing import write_json_atomic
 
 SETTINGS_FILENAME = "ad_settings.json"
 FORMAT_VERSION = 1
@@ -65,14 +63,6 @@ def hidden_label_cases(fold_split: FoldSplit, labeled_ids: Iterable[str]) -> Tup
     """Unlabeled cases of this fold that do have a label in imagesTr/labelsTr (``unlabeled ∩ labeled_ids``)."""
     labeled_ids = set(labeled_ids)
     return tuple(c for c in fold_split.unlabeled if c in labeled_ids)
-
-
-def _atomic_write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _preprocessed_folder(dataset_name_or_id) -> str:
@@ -109,7 +99,9 @@ def _resolve_domains(domains, dataset_json: dict) -> Dict[str, str]:
     return {str(k): str(v) for k, v in domains.items()}
 
 
-def _read_id_list(path: str) -> List[str]:
+def read_case_list(path: Union[str, os.PathLike]) -> List[str]:
+    """Case ids of a list file (``--labeled_list``, a benchmark's split lists): one per line, blank lines and ``#``
+    comments ignored."""
     try:
         with open(path) as f:
             ids = [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
@@ -227,16 +219,41 @@ def _split_val(hidden: List[str], num_val: int, rs: np.random.RandomState, label
     return val, [c for c in hidden if c not in set(val)]
 
 
-def _stratified_draw(by_domain: Dict[str, List[str]], n: int, rs: np.random.RandomState) -> List[str]:
-    total = sum(len(v) for v in by_domain.values())
-    names = sorted(by_domain)
-    quota = np.array([n * len(by_domain[d]) / total for d in names])
+def stratified_draw(by_group: Mapping[str, Sequence[str]], n: int, rs: np.random.RandomState) -> List[str]:
+    """``n`` of the ids ``P = P_1 u ... u P_G`` drawn stratified by group, sorted.
+
+    Group g gets ``n_g = floor(n |P_g| / |P|)`` ids plus one for the ``n - sum_g n_g`` largest remainders (ties
+    broken by ``rs``), drawn as ``rs.choice(sorted(P_g), n_g, replace=False)`` in the groups' sorted order. Empty
+    groups are left out before anything is drawn. The rule of ``--setting semidg`` and of the ACDC benchmarks.
+    """
+    by_group = {g: list(v) for g, v in by_group.items() if v}
+    total = sum(len(v) for v in by_group.values())
+    if not 0 <= n <= total:
+        raise ADInputError(f"Cannot draw {n} of {total} ids. Fix: choose a count between 0 and {total}.")
+    names = sorted(by_group)
+    quota = np.array([n * len(by_group[g]) / total for g in names])
     counts = np.floor(quota).astype(int)
-    # largest remainder; ties broken by a seeded permutation so no domain is systematically favoured
+    # largest remainder; ties broken by a seeded permutation so no group is systematically favoured
     order = sorted(range(len(names)), key=lambda i: (-(quota[i] - counts[i]), rs.rand()))
     for i in order[: n - counts.sum()]:
         counts[i] += 1
-    return sorted(c for d, k in zip(names, counts) for c in _draw(by_domain[d], int(k), rs))
+    return sorted(c for g, k in zip(names, counts) for c in _draw(by_group[g], int(k), rs))
+
+
+def _drawn_folds(draw_labeled: Callable[[np.random.RandomState], List[str]], tr_ids: Sequence[str],
+                 unl_ids: Sequence[str], num_folds: int, num_val: int, seed: int,
+                 heldout_domains: Sequence[str]) -> List[dict]:
+    """Fold k: ``labeled = draw_labeled(RandomState(seed + k))``; the other imagesTr cases (less ``num_val`` drawn
+    validation cases) and every imagesUnlabeled case are unlabeled."""
+    folds = []
+    for k in range(num_folds):
+        rs = np.random.RandomState(seed + k)
+        labeled = draw_labeled(rs)
+        hidden = [c for c in tr_ids if c not in set(labeled)]
+        val, hidden = _split_val(hidden, num_val, rs, labeled, "hidden-label")
+        folds.append({"labeled": labeled, "unlabeled": hidden + list(unl_ids), "val": val,
+                      "heldout_domains": sorted(heldout_domains)})
+    return folds
 
 
 def _command_repr(dataset_name_or_id, setting, kwargs) -> str:
@@ -306,7 +323,6 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
         if nodomain:
             raise ADInputError(f"Case(s) {_names(nodomain)} have no domain but setting {setting} needs one per case. "
                                f"Fix: add them to dataset.json 'ad_domains' or --domains.")
-    folds = []
     if setting == "ssl":
         if labeled_list or unlabeled_list:
             if num_labeled is not None or fraction is not None:
@@ -315,9 +331,9 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
                 raise ADInputError("--unlabeled_list needs --labeled_list too.")
             if num_folds != 1:
                 raise ADInputError("Case lists define one fold. Fix: drop --num_folds or use --num_labeled.")
-            labeled = _read_id_list(labeled_list)
+            labeled = read_case_list(labeled_list)
             if unlabeled_list:
-                hidden = _read_id_list(unlabeled_list)
+                hidden = read_case_list(unlabeled_list)
             else:
                 hidden = [c for c in tr_ids if c not in set(labeled)]
             # imagesUnlabeled ids already in the list are not repeated
@@ -327,16 +343,10 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
             val, kept = _split_val(hidden_tr, num_val, rs, labeled, "hidden-label")
             drawn_val = set(hidden_tr) - set(kept)
             unlabeled = [c for c in hidden if c not in drawn_val] + unlabeled_extra
-            folds.append({"labeled": labeled, "unlabeled": unlabeled, "val": val, "heldout_domains": []})
+            folds = [{"labeled": labeled, "unlabeled": unlabeled, "val": val, "heldout_domains": []}]
         else:
             n = _num_labeled(num_labeled, fraction, len(tr_ids), "imagesTr")
-            for k in range(num_folds):
-                rs = np.random.RandomState(seed + k)
-                labeled = _draw(tr_ids, n, rs)
-                hidden = [c for c in tr_ids if c not in set(labeled)]
-                val, hidden = _split_val(hidden, num_val, rs, labeled, "hidden-label")
-                folds.append({"labeled": labeled, "unlabeled": hidden + list(unl_ids), "val": val,
-                              "heldout_domains": []})
+            folds = _drawn_folds(lambda rs: _draw(tr_ids, n, rs), tr_ids, unl_ids, num_folds, num_val, seed, [])
     elif setting == "uda":
         if not source_domains:
             raise ADInputError(f"uda needs --source DOMAIN [...]. Known domains: {known_domains}.")
@@ -357,6 +367,7 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
             raise ADInputError(f"No imagesTr or {UNLABELED_DIRNAME} case belongs to the target domain(s) {target}, "
                                f"so there would be nothing to adapt to. Fix: add target-domain images to "
                                f"{UNLABELED_DIRNAME} or pick --target domains that have cases.")
+        folds = []
         for k in range(num_folds):
             rs = np.random.RandomState(seed + k)
             val, hidden = _split_val(target_tr, num_val, rs, labeled, "target-domain")
@@ -375,16 +386,9 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
                 f"nnUNetv2_plan_and_preprocess.")
         train_domains = sorted(set(dom[c] for c in all_ids))
         by_domain = {d: [c for c in tr_ids if dom[c] == d] for d in train_domains}
-        by_domain = {d: v for d, v in by_domain.items() if v}
-        n_tr = sum(len(v) for v in by_domain.values())
-        n = _num_labeled(num_labeled, fraction, n_tr, "training-domain")
-        for k in range(num_folds):
-            rs = np.random.RandomState(seed + k)
-            labeled = _stratified_draw(by_domain, n, rs)
-            hidden = [c for c in tr_ids if c not in set(labeled)]
-            val, hidden = _split_val(hidden, num_val, rs, labeled, "hidden-label")
-            folds.append({"labeled": labeled, "unlabeled": hidden + list(unl_ids), "val": val,
-                          "heldout_domains": sorted(heldout_domains)})
+        n = _num_labeled(num_labeled, fraction, sum(len(v) for v in by_domain.values()), "training-domain")
+        folds = _drawn_folds(lambda rs: stratified_draw(by_domain, n, rs), tr_ids, unl_ids, num_folds, num_val, seed,
+                             heldout_domains)
 
     settings = {"format_version": FORMAT_VERSION, "setting": setting, "command": command, "seed": int(seed),
                 # all known domains, also of imagesTs cases: held-out domain names must stay resolvable
@@ -407,12 +411,13 @@ def make_settings(dataset_name_or_id: Union[int, str], setting: str, *, num_labe
                                f"or an earlier adnnunet_make_settings run). Fix: pass --overwrite (overwrite=True) "
                                f"to replace it; models trained on the old split then no longer match it.")
     path = os.path.join(pre_folder, SETTINGS_FILENAME)
-    _atomic_write_json(settings, path)
-    _atomic_write_json(splits, splits_file)
+    write_json_atomic(path, settings)
+    write_json_atomic(splits_file, splits)
     return path
 
 
-def _settings_from_file(path: str) -> dict:
+def read_settings_file(path: str) -> dict:
+    """The settings dict of an ``ad_settings.json`` (not validated: see :func:`load_settings`)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -430,7 +435,7 @@ def load_settings(dataset_name_or_id: Union[int, str]) -> Optional[dict]:
     path = settings_path(dataset_name_or_id)
     if not os.path.isfile(path):
         return None
-    settings = _settings_from_file(path)
+    settings = read_settings_file(path)
     raw_folder = raw_dataset_folder(dataset_name_or_id)
     if os.path.isfile(os.path.join(raw_folder, "dataset.json")):
         tr_ids, unl_ids = _raw_ids(raw_folder, _load_dataset_json(raw_folder))
@@ -473,42 +478,3 @@ def summarize(settings: dict) -> str:
                 counts = [sum(dom.get(c) == d for c in f[key]) for key in ("labeled", "unlabeled", "val")]
                 lines.append(f"    domain {d}: labeled {counts[0]}, unlabeled {counts[1]}, val {counts[2]}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description="Write ad_settings.json (labeled/unlabeled/val cases per fold) and the matching nnU-Net "
-                    "splits_final.json. Default validation (no --num_val) uses the labeled cases (the A&D paper's "
-                    "protocol): it measures training fit, not generalization.")
-    p.add_argument("-d", "--dataset", required=True, help="dataset name or id")
-    p.add_argument("--setting", required=True, choices=SETTINGS)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--num_labeled", type=int)
-    g.add_argument("--fraction", type=float)
-    p.add_argument("--labeled_list", help="text file, one labeled imagesTr id per line (ssl)")
-    p.add_argument("--unlabeled_list", help="text file, one hidden-label id per line (ssl)")
-    p.add_argument("--num_val", type=int, default=0, help="validation cases drawn from hidden-label/target cases")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_folds", type=int, default=1)
-    p.add_argument("--domains", help="JSON file case->domain (default: dataset.json 'ad_domains')")
-    p.add_argument("--source", nargs="+", help="uda source domains")
-    p.add_argument("--target", nargs="+", help="uda target domains (default: all others)")
-    p.add_argument("--heldout", nargs="+", help="semidg held-out domains")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different splits_final.json")
-    a = p.parse_args(argv)
-    command = " ".join(shlex.quote(x) for x in ["adnnunet_make_settings"] + list(sys.argv[1:] if argv is None
-                                                                                 else argv))
-
-    def body():
-        path = make_settings(a.dataset, a.setting, num_labeled=a.num_labeled, fraction=a.fraction,
-                             labeled_list=a.labeled_list, unlabeled_list=a.unlabeled_list, num_val=a.num_val,
-                             seed=a.seed, num_folds=a.num_folds, domains=a.domains, source_domains=a.source,
-                             target_domains=a.target, heldout_domains=a.heldout, overwrite=a.overwrite,
-                             command=command)
-        print(summarize(_settings_from_file(path)))
-        print(path)
-    return report_input_errors("adnnunet_make_settings", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,12 +22,10 @@ cases no longer required are deleted. Training-only keys of the configuration (a
 ``3d_fullres``) share the folder, like they share nnU-Net's labeled folder, instead of rebuilding it in turn. The
 patch size only sets the blosc2 chunk layout (access speed, not values); the first run's layout is kept.
 """
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,10 +33,11 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError, report_input_errors
 from ad_nnunet.data.image_integrity import nifti_problem
 from ad_nnunet.data.raw import list_labeled_cases, list_unlabeled_cases, raw_dataset_folder
 from ad_nnunet.data.settings import load_settings
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.publishing import write_json_atomic
 
 MANIFEST_NAME = "ad_unlabeled_manifest.json"
 META_DIRNAME = ".ad_meta"
@@ -61,13 +60,6 @@ def manifest_path(folder: str) -> str:
 def _read_json(path: str):
     with open(path) as f:
         return json.load(f)
-
-
-def _atomic_write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -399,30 +391,10 @@ def _update(ctx: _Context, required: Dict[str, List[str]], num_processes: int, v
                     "configuration": ctx.configuration, "plans_identifier": ctx.plans_identifier,
                     "global_hash": ctx.global_hash, "global_signature": ctx.global_signature,
                     "cases": dict(sorted(entries.items()))}
-        _atomic_write_json(manifest, manifest_path(ctx.folder))
+        write_json_atomic(manifest_path(ctx.folder), manifest, indent=1, sort_keys=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if errors:
         failed = sorted(errors)
         more = f" ({len(failed) - 1} more failed case(s): {failed[1:6]})" if len(failed) > 1 else ""
         raise ADInputError(errors[failed[0]] + more)
     return ctx.folder
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Preprocess imagesUnlabeled and hidden-label imagesTr images "
-                                            "(image files only) with the labeled cases' plans.")
-    p.add_argument("-d", "--dataset", required=True, help="dataset name or id")
-    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("-np", "--num_processes", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
-    a = p.parse_args(argv)
-
-    def body():
-        for c in a.configurations:
-            print(preprocess_unlabeled(a.dataset, c, a.plans, a.num_processes, verbose=not a.quiet))
-    return report_input_errors("adnnunet_preprocess_unlabeled", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

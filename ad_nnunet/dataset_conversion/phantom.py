@@ -15,18 +15,15 @@ Domain shift: a domain name ``d`` maps (seeded by ``crc32(d)`` and ``seed``) to
 scale in [0.6, 1.5], offset in [-40, 40], gamma in [0.7, 1.4], noise_factor in [0.5, 2]. Domain ``"A"`` is the
 reference (scale 1, offset 0, gamma 1, noise_factor 1).
 """
-import argparse
-import json
 import os
-import shutil
-import sys
 import zlib
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from ad_nnunet.errors import ADInputError, report_input_errors
 from ad_nnunet.data.raw import UNLABELED_DIRNAME
+from ad_nnunet.errors import ADInputError
+from ad_nnunet.publishing import new_dataset_folder, staged_dataset, write_json_atomic
 
 LABELS = {"background": 0, "organ": 1, "wall": 2, "lesion": 3}
 _BASE_INTENSITY = {0: 100.0, 1: 180.0, 2: 60.0, 3: 260.0}
@@ -101,9 +98,7 @@ def _write(arr: np.ndarray, spacing, path: str) -> None:
 
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing([float(s) for s in spacing[::-1]])  # SimpleITK wants (x, y, z)
-    tmp = path[: -len(".nii.gz")] + ".tmp.nii.gz"
-    sitk.WriteImage(img, tmp, True)
-    os.replace(tmp, path)
+    sitk.WriteImage(img, path, True)
 
 
 def make_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "ADPhantom", num_labeled: int = 8,
@@ -117,69 +112,29 @@ def make_phantom_dataset(raw_root: str, dataset_id: int = 990, name: str = "ADPh
     group belongs to ``domains[i % len(domains)]``. ``shape``/``spacing`` are in numpy order (z, y, x).
     Deterministic for a given ``seed``.
     """
-    if not 0 < int(dataset_id) < 1000:
-        raise ADInputError(f"dataset id {dataset_id} is not in 1..999. Fix: pass a 3-digit id, e.g. -d 990.")
     if num_labeled < 1:
         raise ADInputError(f"num_labeled={num_labeled}: a dataset needs at least one labeled case. Fix: use >= 1.")
     if len(domains) == 0:
         raise ADInputError("domains is empty. Fix: give at least one domain name, e.g. A.")
-    folder = os.path.join(raw_root, f"Dataset{int(dataset_id):03d}_{name}")
-    if os.path.exists(folder):
-        if not overwrite:
-            raise ADInputError(f"{folder} already exists. Fix: delete it or pass overwrite=True (--overwrite).")
-        shutil.rmtree(folder)
-    # build in a temp folder, then rename: a crash never leaves a half-written dataset behind
-    tmp_folder = folder + ".tmp"
-    if os.path.exists(tmp_folder):
-        shutil.rmtree(tmp_folder)
-    for sub in ("imagesTr", "labelsTr", UNLABELED_DIRNAME, "imagesTs", "labelsTs"):
-        os.makedirs(os.path.join(tmp_folder, sub))
-    rs = np.random.RandomState(seed)
-    ad_domains = {}
-    groups = (("phantom", num_labeled, "imagesTr", "labelsTr"), ("unl", num_unlabeled, UNLABELED_DIRNAME, None),
-              ("test", num_test, "imagesTs", "labelsTs"))
-    for prefix, n, img_dir, lab_dir in groups:
-        for i in range(n):
-            case = f"{prefix}_{i:03d}"
-            domain = domains[i % len(domains)]
-            image, label = make_phantom_case(tuple(shape), tuple(spacing), domain, rs, seed)
-            _write(image, spacing, os.path.join(tmp_folder, img_dir, f"{case}_0000.nii.gz"))
-            if lab_dir is not None:
-                _write(label, spacing, os.path.join(tmp_folder, lab_dir, f"{case}.nii.gz"))
-            ad_domains[case] = domain
-    dataset_json = {"name": name, "description": "ad-nnunet synthetic phantom (organ, wall, lesion)",
-                    "channel_names": {"0": "MRI"}, "labels": dict(LABELS), "numTraining": num_labeled,
-                    "file_ending": ".nii.gz", "ad_domains": ad_domains}
-    with open(os.path.join(tmp_folder, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f, indent=2)
-    os.replace(tmp_folder, folder)
-    return folder
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write a synthetic 3D phantom dataset in nnU-Net raw layout "
-                                            "(imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs).")
-    p.add_argument("-o", "--output", default=None, help="raw root folder (default: $nnUNet_raw)")
-    p.add_argument("-d", "--dataset_id", type=int, default=990)
-    p.add_argument("--name", default="ADPhantom")
-    p.add_argument("--num_labeled", type=int, default=8)
-    p.add_argument("--num_unlabeled", type=int, default=16)
-    p.add_argument("--num_test", type=int, default=4)
-    p.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), help="z y x voxels")
-    p.add_argument("--spacing", type=float, nargs=3, default=(2.0, 1.0, 1.0), help="z y x mm")
-    p.add_argument("--domains", nargs="+", default=["A"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    raw_root = a.output or os.environ.get("nnUNet_raw")
-
-    def body():
-        if raw_root is None:
-            raise ADInputError("No output folder. Fix: pass -o RAW_ROOT or set nnUNet_raw.")
-        print(make_phantom_dataset(raw_root, a.dataset_id, a.name, a.num_labeled, a.num_unlabeled, a.num_test,
-                                   tuple(a.shape), tuple(a.spacing), tuple(a.domains), a.seed, a.overwrite))
-    return report_input_errors("adnnunet_make_phantom", body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    target = new_dataset_folder(raw_root, dataset_id, name, overwrite)
+    with staged_dataset(target) as staged:
+        for sub in ("imagesTr", "labelsTr", UNLABELED_DIRNAME, "imagesTs", "labelsTs"):
+            os.makedirs(staged / sub)
+        rs = np.random.RandomState(seed)
+        ad_domains = {}
+        groups = (("phantom", num_labeled, "imagesTr", "labelsTr"), ("unl", num_unlabeled, UNLABELED_DIRNAME, None),
+                  ("test", num_test, "imagesTs", "labelsTs"))
+        for prefix, n, img_dir, lab_dir in groups:
+            for i in range(n):
+                case = f"{prefix}_{i:03d}"
+                domain = domains[i % len(domains)]
+                image, label = make_phantom_case(tuple(shape), tuple(spacing), domain, rs, seed)
+                _write(image, spacing, os.path.join(staged, img_dir, f"{case}_0000.nii.gz"))
+                if lab_dir is not None:
+                    _write(label, spacing, os.path.join(staged, lab_dir, f"{case}.nii.gz"))
+                ad_domains[case] = domain
+        write_json_atomic(staged / "dataset.json", {
+            "name": name, "description": "ad-nnunet synthetic phantom (organ, wall, lesion)",
+            "channel_names": {"0": "MRI"}, "labels": dict(LABELS), "numTraining": num_labeled,
+            "file_ending": ".nii.gz", "ad_domains": ad_domains})
+    return str(target)

@@ -3,7 +3,7 @@
 Two ways to turn one labeled nnU-Net raw dataset into a domain-shift dataset (a NEW raw dataset):
 
 * :func:`simulate_domains` assigns cases to domains and applies an acquisition-like intensity/resolution shift per
-  domain (:class:`ShiftParams`, :func:`apply_shift`, :func:`vendor_presets`);
+  domain (:mod:`ad_nnunet.dataset_conversion.scanner_shift`);
 * :func:`derive_domain_dataset` uses a given case -> domain mapping (e.g. ACDC's ``pathology_groups.json``) and only
   re-arranges the files.
 
@@ -21,194 +21,35 @@ any other domain                                ``imagesTr`` + ``labelsTr`` (the
 written in the standard layout) and ``"ad_domains"`` (case -> domain, every case incl. test cases),
 ``"ad_simulated"``, ``"ad_heldout_domains"``, ``"ad_unlabeled_domains"`` and ``"ad_source_dataset"`` added.
 ``domain_shift_recipe.json`` records how the dataset was made. Only the source's labeled cases
-(``imagesTr``/``labelsTr``) are used. Everything is written to a hidden temp folder next to the target and renamed
-into place at the end, so a failure leaves nothing half-written.
+(``imagesTr``/``labelsTr``) are used. Everything is written to a hidden staging folder next to the target and
+renamed into place at the end (:func:`ad_nnunet.publishing.staged_dataset`), so a failure leaves nothing
+half-written.
 
 UDA recipe (labeled source A, unlabeled target B, test on target): give the target two domain names with the same
 preset, ``A=identity B=vendorB Bt=vendorB --unlabeled B --heldout Bt --unlabeled_folder``.
 SemiDG recipe (several labeled domains, unseen test domain): ``A=identity B=vendorB C=vendorC D=vendorD --heldout D``.
 """
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import shlex
-import shutil
-import sys
-import uuid
 from concurrent.futures import ProcessPoolExecutor
-from itertools import product
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
-from numpy.polynomial import legendre
-from scipy.ndimage import gaussian_filter
 
 from ad_nnunet import __version__
-from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases, new_dataset_folder, raw_dataset_folder
+from ad_nnunet.data.raw import UNLABELED_DIRNAME, list_labeled_cases
+from ad_nnunet.dataset_conversion.scanner_shift import ShiftParams, apply_shift, resolve_shift
 from ad_nnunet.errors import ADInputError
+from ad_nnunet.publishing import (dataset_folder_name, existing_raw_dataset, link_or_copy, new_dataset_folder,
+                                  raw_root_or_env, staged_dataset, write_json_atomic)
 
 RECIPE_FILENAME = "domain_shift_recipe.json"
-_BIAS_ORDER = 3  # Legendre degree of the bias field: smooth over the field of view, like a receive-coil profile.
-
-
-@dataclasses.dataclass(frozen=True)
-class ShiftParams:
-    """Parameters of one acquisition-like shift (a simulated scanner/"vendor"); applied by :func:`apply_shift`.
-
-    As in batchgeneratorsv2, sampling/choosing parameters is separate from applying them: a domain is one
-    ``ShiftParams``; the only per-case randomness (the noise) comes from :func:`apply_shift`'s ``rng_seed``.
-
-    * ``gamma`` (> 0): non-linear contrast change of the normalised intensities, ``u -> u ** gamma``
-      (< 1 brightens mid-tones, > 1 darkens them).
-    * ``bias_field_strength`` (>= 0) and ``bias_field_seed``: multiplicative field ``exp(strength * f)`` with
-      ``f`` a fixed (by the seed) smooth field, ``max |f| = 1``; the field is a property of the "scanner", so it is
-      the same for every case of a domain.
-    * ``noise_std`` (>= 0): std of additive Gaussian noise as a fraction of the image's intensity std.
-    * ``blur_sigma_mm`` (>= 0): Gaussian point-spread function in millimetres (resolution loss), converted per axis
-      with the voxel spacing.
-    * ``contrast_inversion``: ``u -> 1 - u`` (an extreme shift, e.g. opposite tissue polarity).
-    * ``intensity_scale``, ``intensity_offset``: final affine change ``u -> scale * u + offset`` in normalised units
-      (receiver gain / windowing; z-score normalisation removes it almost entirely).
-    """
-
-    gamma: float = 1.0
-    bias_field_strength: float = 0.0
-    bias_field_seed: int = 0
-    noise_std: float = 0.0
-    blur_sigma_mm: float = 0.0
-    contrast_inversion: bool = False
-    intensity_scale: float = 1.0
-    intensity_offset: float = 0.0
-
-    def __post_init__(self):
-        def bad(name, rule):
-            raise ADInputError(f"ShiftParams.{name}={getattr(self, name)!r} is invalid: it must be {rule}. "
-                               f"Fix: pass a {rule} value for {name}.")
-
-        for name in ("gamma", "bias_field_strength", "noise_std", "blur_sigma_mm", "intensity_scale",
-                     "intensity_offset"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                bad(name, "finite number")
-        if self.gamma <= 0:
-            bad("gamma", "positive")
-        for name in ("bias_field_strength", "noise_std", "blur_sigma_mm"):
-            if getattr(self, name) < 0:
-                bad(name, "non-negative")
-        if isinstance(self.bias_field_seed, bool) or not isinstance(self.bias_field_seed, (int, np.integer)):
-            bad("bias_field_seed", "integer")
-        if not isinstance(self.contrast_inversion, (bool, np.bool_)):
-            bad("contrast_inversion", "boolean (true/false)")
-
-    @property
-    def is_identity(self) -> bool:
-        """True if :func:`apply_shift` would return the image unchanged (up to float rounding)."""
-        return (self.gamma == 1 and self.bias_field_strength == 0 and self.noise_std == 0
-                and self.blur_sigma_mm == 0 and not self.contrast_inversion and self.intensity_scale == 1
-                and self.intensity_offset == 0)
-
-
-def vendor_presets() -> Dict[str, ShiftParams]:
-    """Named, plausible simulated scanners ("vendors"), from mild to extreme.
-
-    * ``identity``: the reference scanner, no change.
-    * ``vendorB``: gamma 0.7, bias field 0.3 (seed 1), noise 0.03 -- brighter mid-tones and strong coil shading
-      (surface-coil receive profile), mildly noisier.
-    * ``vendorC``: gamma 1.4, blur 1.0 mm, noise 0.05 -- darker mid-tones, lower in-plane resolution and more
-      noise (a low-field / fast-protocol scanner).
-    * ``vendorD``: contrast inversion -- an extreme polarity shift (bright structures become dark), a stress test
-      that intensity augmentation alone cannot bridge.
-    * ``vendorE``: intensity scale 0.6, offset 0.1, bias field 0.15 (seed 2) -- mostly a receiver-gain/windowing
-      change, which nnU-Net's z-score normalisation largely removes: a control where models should barely degrade.
-    * ``vendorF``: gamma 1.2, bias field 0.4 (seed 3), blur 2.0 mm, noise 0.08 -- a severely degraded protocol.
-    """
-    return {
-        "identity": ShiftParams(),
-        "vendorB": ShiftParams(gamma=0.7, bias_field_strength=0.3, bias_field_seed=1, noise_std=0.03),
-        "vendorC": ShiftParams(gamma=1.4, blur_sigma_mm=1.0, noise_std=0.05),
-        "vendorD": ShiftParams(contrast_inversion=True),
-        "vendorE": ShiftParams(intensity_scale=0.6, intensity_offset=0.1, bias_field_strength=0.15,
-                               bias_field_seed=2),
-        "vendorF": ShiftParams(gamma=1.2, bias_field_strength=0.4, bias_field_seed=3, blur_sigma_mm=2.0,
-                               noise_std=0.08),
-    }
-
-
-def _bias_field(shape: Sequence[int], seed: int) -> np.ndarray:
-    """``f(r) = g(r) / max|g|``, ``g = h - mean(h)``, ``h(r) = sum_{|k| <= 3} c_k prod_i P_{k_i}(r_i)``.
-
-    ``P_n`` are Legendre polynomials, ``r_i`` in [-1, 1] the voxel centres over the field of view of axis ``i``
-    and ``c_k ~ U(-1, 1)`` drawn from ``seed``: a smooth field that depends on the field of view, not the voxel size.
-    """
-    rng = np.random.default_rng(seed)
-    coords = [(np.arange(n) + 0.5) / n * 2 - 1 for n in shape]
-    basis = [np.stack([legendre.legval(c, np.eye(_BIAS_ORDER + 1)[d]) for d in range(_BIAS_ORDER + 1)])
-             for c in coords]
-    field = np.zeros(tuple(shape))
-    for degrees in product(range(_BIAS_ORDER + 1), repeat=len(shape)):
-        if sum(degrees) > _BIAS_ORDER:
-            continue
-        term = np.ones(())
-        for axis, d in enumerate(degrees):
-            term = np.multiply.outer(term, basis[axis][d])
-        field += rng.uniform(-1, 1) * term
-    field -= field.mean()
-    peak = np.abs(field).max()
-    return field / peak if peak > 0 else field
-
-
-def apply_shift(image: np.ndarray, spacing: Sequence[float], params: ShiftParams, rng_seed: int) -> np.ndarray:
-    """Apply one acquisition-like shift to a single-channel image; same inputs and seed give bit-identical output.
-
-    ``spacing`` is in millimetres in the axis order of ``image`` (numpy order: z, y, x for a SimpleITK array).
-    With ``p1, p99`` the 1st/99th intensity percentiles of ``x = image`` (min/max if they coincide, range 1 for a
-    constant image) and ``R = p99 - p1``:
-
-    1. robust min-max normalisation ``u0 = (x - p1) / R`` (98% of voxels in [0, 1]; the tails are kept, not clipped);
-    2. gamma ``u1 = sign(u0) |u0| ** gamma`` (monotone, maps [0, 1] onto itself);
-    3. bias field ``u2 = u1 * exp(s * f(r))``, ``s = bias_field_strength`` and ``f`` the smooth Legendre field of
-       degree 3 fixed by ``bias_field_seed`` with ``max |f| = 1`` (so the gain lies in ``[e^-s, e^s]``);
-    4. blur ``u3 = G_sigma * u2``, Gaussian with ``sigma_i = blur_sigma_mm / spacing_i`` voxels (anisotropic-aware:
-       a 1 mm blur hardly touches 10 mm slices);
-    5. noise ``u4 = u3 + n``, ``n ~ N(0, (noise_std * std(u0))^2)`` i.i.d. from ``rng_seed`` (Gaussian, not Rician);
-    6. inversion ``u5 = 1 - u4`` if ``contrast_inversion`` else ``u4``;
-    7. affine ``u6 = intensity_scale * u5 + intensity_offset``;
-    8. back to the original scale ``y = p1 + R * u6`` (so the noise std is ``noise_std * std(x) * intensity_scale``
-       in image units), cast to ``image.dtype``: integer images are rounded and clipped to their dtype's range
-       (noise on a zero background of an unsigned image is half-rectified), float images are not clipped.
-    """
-    image = np.asarray(image)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != image.ndim or any(s <= 0 for s in spacing):
-        raise ADInputError(f"apply_shift got spacing {spacing} for an image of shape {image.shape}. "
-                           f"Fix: pass one positive spacing (mm) per image axis, in the array's axis order.")
-    x = image.astype(np.float64)
-    p1, p99 = np.percentile(x, [1, 99])
-    if p99 <= p1:
-        p1, p99 = x.min(), x.max()
-    scale = p99 - p1 if p99 > p1 else 1.0
-    u0 = (x - p1) / scale
-    u = np.sign(u0) * np.abs(u0) ** params.gamma if params.gamma != 1 else u0
-    if params.bias_field_strength > 0:
-        u = u * np.exp(params.bias_field_strength * _bias_field(u.shape, params.bias_field_seed))
-    if params.blur_sigma_mm > 0:
-        u = gaussian_filter(u, sigma=[params.blur_sigma_mm / s for s in spacing], mode="nearest")
-    if params.noise_std > 0:
-        u = u + np.random.default_rng(rng_seed).normal(0.0, params.noise_std * u0.std(), size=u.shape)
-    if params.contrast_inversion:
-        u = 1.0 - u
-    y = p1 + scale * (params.intensity_scale * u + params.intensity_offset)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        return np.clip(np.rint(y), info.min, info.max).astype(image.dtype)
-    return y.astype(image.dtype)
-
 
 # ACDC-style time points of one patient: "<patient>_frame01", "<patient>_ED", "<patient>_ES".
 _PATIENT_RE = re.compile(r"^(?P<group>.+)_(?:frame\d+|ED|ES)$", re.IGNORECASE)
@@ -249,35 +90,20 @@ def _resolve_source(source_dataset: Union[int, str, os.PathLike]) -> Path:
     """A raw dataset folder from a path, or a dataset id/name under ``$nnUNet_raw``."""
     if isinstance(source_dataset, (str, os.PathLike)) and Path(source_dataset).is_dir():
         folder = Path(source_dataset)
+        if not (folder / "dataset.json").is_file():
+            raise ADInputError(f"{folder} has no dataset.json. Fix: point the source at an nnU-Net raw dataset folder "
+                               f"(DatasetXXX_Name with dataset.json, imagesTr, labelsTr).")
     else:
-        try:
-            folder = Path(raw_dataset_folder(source_dataset))
-        except RuntimeError as e:
-            raise ADInputError(f"Cannot find source dataset {source_dataset!r}: {e}\nFix: pass the dataset folder's "
-                               f"path, or set nnUNet_raw and pass its id/name.") from e
-    if not (folder / "dataset.json").is_file():
-        raise ADInputError(f"{folder} has no dataset.json. Fix: point the source at an nnU-Net raw dataset folder "
-                           f"(DatasetXXX_Name with dataset.json, imagesTr, labelsTr).")
+        folder = existing_raw_dataset(source_dataset, raw_root_or_env(None, "the source dataset's folder path"))
     return folder.resolve()
 
 
 def _target_folder(target_dataset_id: int, target_name: str, raw_root, source: Path, overwrite: bool) -> Path:
     """Validate the target id/name and return ``<raw_root>/DatasetXXX_Name``; refuse to clobber anything."""
-    if raw_root is None:
-        raw_root = os.environ.get("nnUNet_raw")
-        if raw_root is None:
-            raise ADInputError("No output location: nnUNet_raw is not set. Fix: set nnUNet_raw or pass raw_root "
-                               "(CLI: --raw_root).")
-    if isinstance(target_dataset_id, bool) or not isinstance(target_dataset_id, (int, np.integer)) \
-            or not 1 <= target_dataset_id <= 999:
-        raise ADInputError(f"Target dataset id {target_dataset_id!r} is invalid. Fix: use an integer in 1..999.")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(target_name)):
-        raise ADInputError(f"Target dataset name {target_name!r} is invalid. Fix: use letters, digits, '_', '.', "
-                           f"'-' only (it becomes Dataset{target_dataset_id:03d}_<name>).")
-    if (Path(raw_root) / f"Dataset{int(target_dataset_id):03d}_{target_name}").resolve() == source:
+    raw_root = raw_root_or_env(raw_root, "raw_root (CLI: --raw_root)")
+    if (raw_root / dataset_folder_name(target_dataset_id, target_name)).resolve() == source:
         raise ADInputError(f"The target is the source dataset {source}. Fix: choose another target id/name.")
-    target = new_dataset_folder(raw_root, int(target_dataset_id), target_name, overwrite).resolve()
-    return target
+    return new_dataset_folder(raw_root, target_dataset_id, target_name, overwrite).resolve()
 
 
 def _source_cases(source: Path) -> tuple:
@@ -391,14 +217,6 @@ def _check_domain_lists(known: Iterable[str], heldout_domains, unlabeled_domains
     return sorted(set(heldout)), sorted(set(unlabeled))
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A hard link costs no space and nnU-Net never edits raw files; across file systems fall back to a copy.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _read_image(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
@@ -429,36 +247,34 @@ def _write_dataset(*, source: Path, target: Path, dataset_json: dict, cases: dic
                    heldout: Sequence[str], unlabeled: Sequence[str], unlabeled_folder: bool, simulated: bool,
                    recipe: dict, shifts: Optional[Dict[str, ShiftParams]] = None, seed: int = 0,
                    num_processes: int = 1) -> str:
-    """Write the new dataset into a hidden temp folder next to ``target`` and rename it into place."""
+    """Write the new dataset into a staging folder next to ``target`` and rename it into place."""
     ending = dataset_json["file_ending"]
     placement = {"imagesTr": [], UNLABELED_DIRNAME: [], "imagesTs": []}
     for case, domain in case_domain.items():
         sub = "imagesTs" if domain in heldout else \
             UNLABELED_DIRNAME if domain in unlabeled and unlabeled_folder else "imagesTr"
         placement[sub].append(case)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = None
-    try:
+    with staged_dataset(target) as staged:
+        staged.mkdir()
         jobs = []
         for sub, members in placement.items():
             if not members:
                 continue
-            (tmp / sub).mkdir(parents=True)
+            (staged / sub).mkdir()
             label_sub = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}.get(sub)
             if label_sub:
-                (tmp / label_sub).mkdir()
+                (staged / label_sub).mkdir()
             for case in members:
                 images, label = cases[case]
-                dst = [tmp / sub / f"{case}_{c:04d}{ending}" for c in range(len(images))]
+                dst = [staged / sub / f"{case}_{c:04d}{ending}" for c in range(len(images))]
                 params = shifts[case_domain[case]] if shifts is not None else None
                 if params is None or params.is_identity:
                     for s, d in zip(images, dst):
-                        _link_or_copy(s, d)
+                        link_or_copy(s, d)
                 else:
                     jobs.append((images, dst, params, _case_seeds(seed, case, len(images))))
                 if label_sub:
-                    _link_or_copy(label, tmp / label_sub / f"{case}{ending}")
+                    link_or_copy(label, staged / label_sub / f"{case}{ending}")
         if num_processes > 1 and len(jobs) > 1:
             # spawn, as nnU-Net does: forking a process that holds SimpleITK/BLAS threads can deadlock.
             with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=get_context("spawn")) as pool:
@@ -483,42 +299,10 @@ def _write_dataset(*, source: Path, target: Path, dataset_json: dict, cases: dic
             "ad_unlabeled_domains": list(unlabeled),
             "ad_source_dataset": source.name,
         })
-        (tmp / "dataset.json").write_text(json.dumps(new_json, indent=2))
-        recipe = dict(recipe, placement={k: sorted(v) for k, v in placement.items()})
-        (tmp / RECIPE_FILENAME).write_text(json.dumps(recipe, indent=2))
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        write_json_atomic(staged / "dataset.json", new_json)
+        write_json_atomic(staged / RECIPE_FILENAME,
+                          dict(recipe, placement={k: sorted(v) for k, v in placement.items()}))
     return str(target)
-
-
-def _as_params(name: str, value) -> tuple:
-    """``(preset name or None, ShiftParams)`` from a ShiftParams, a preset name or a dict of fields."""
-    if isinstance(value, ShiftParams):
-        return None, value
-    presets = vendor_presets()
-    if isinstance(value, str):
-        if value not in presets:
-            raise ADInputError(f"Domain {name!r}: unknown preset {value!r}. Fix: use one of {sorted(presets)} or "
-                               f"explicit ShiftParams fields.")
-        return value, presets[value]
-    if isinstance(value, Mapping):
-        fields = {f.name for f in dataclasses.fields(ShiftParams)}
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise ADInputError(f"Domain {name!r}: unknown shift parameter(s) {unknown}. Fix: use only "
-                               f"{sorted(fields)}.")
-        return None, ShiftParams(**value)
-    raise ADInputError(f"Domain {name!r}: cannot use {value!r} as shift. Fix: pass a ShiftParams, a preset name "
-                       f"({sorted(presets)}) or a dict of ShiftParams fields.")
 
 
 def _call_repr(func: str, **kwargs) -> str:
@@ -554,7 +338,7 @@ def simulate_domains(source_dataset: Union[int, str, os.PathLike], target_datase
     if not isinstance(domains, Mapping) or not domains:
         raise ADInputError("No domains given. Fix: pass domains as {name: preset or ShiftParams}, e.g. "
                            "A=identity B=vendorB.")
-    resolved = {str(d): _as_params(str(d), v) for d, v in domains.items()}
+    resolved = {str(d): resolve_shift(str(d), v) for d, v in domains.items()}
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ADInputError(f"num_processes={num_processes!r} is invalid. Fix: use an integer >= 1.")
     dataset_json, cases = _source_cases(source)
@@ -633,76 +417,3 @@ def derive_domain_dataset(source_dataset: Union[int, str, os.PathLike], target_d
     return _write_dataset(source=source, target=target, dataset_json=dataset_json, cases=cases,
                           case_domain=case_domain, heldout=heldout, unlabeled=unlabeled,
                           unlabeled_folder=unlabeled_folder, simulated=False, recipe=recipe)
-
-
-def _parse_domain_specs(specs: Sequence[str]) -> Dict[str, Union[str, dict]]:
-    domains = {}
-    for spec in specs:
-        name, sep, value = spec.partition("=")
-        if not sep or not name or not value:
-            raise ADInputError(f"--domains entry {spec!r} is not NAME=PRESET. Fix: write e.g. A=identity B=vendorB, "
-                               f"or NAME='{{\"gamma\": 0.8}}' for explicit parameters.")
-        if name in domains:
-            raise ADInputError(f"Domain {name!r} is given twice in --domains. Fix: name each domain once.")
-        if value.lstrip().startswith("{"):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ADInputError(f"--domains {name}: {value!r} is not valid JSON ({e}). Fix: quote it, e.g. "
-                                   f"{name}='{{\"gamma\": 0.8, \"noise_std\": 0.02}}'.") from e
-        domains[name] = value
-    return domains
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``adnnunet_domains simulate|derive ...``; returns the exit code (2 on bad input, message on stderr)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="adnnunet_domains", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="mode", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-i", required=True, help="source raw dataset: folder path, or id/name under $nnUNet_raw")
-    common.add_argument("-d", type=int, required=True, help="id of the new dataset (1..999)")
-    common.add_argument("-n", required=True, help="name of the new dataset (DatasetXXX_<name>)")
-    common.add_argument("--heldout", nargs="*", default=[], help="domains written only to imagesTs/labelsTs")
-    common.add_argument("--unlabeled", nargs="*", default=[], help="domains to treat as unlabeled")
-    common.add_argument("--unlabeled_folder", action="store_true",
-                        help="put --unlabeled domains into imagesUnlabeled without labels (default: keep them in "
-                             "imagesTr with labels; the settings file decides what is hidden)")
-    common.add_argument("--raw_root", default=None, help="where the new dataset goes (default: $nnUNet_raw)")
-    common.add_argument("--overwrite", action="store_true", help="replace an existing target dataset")
-    sim = sub.add_parser("simulate", parents=[common], help="apply simulated scanner shifts per domain")
-    sim.add_argument("--domains", nargs="+", required=True,
-                     help=f"NAME=PRESET ({', '.join(vendor_presets())}) or NAME='{{json ShiftParams fields}}'")
-    sim.add_argument("--assign", default="random",
-                     help="'random' (balanced by patient, seeded) or a JSON file {domain: [cases]} / {case: domain}")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("-np", type=int, default=1, help="number of worker processes")
-    der = sub.add_parser("derive", parents=[common], help="re-arrange by real domains (no simulation)")
-    der.add_argument("--domains_json", required=True, help="JSON {case: domain}, e.g. pathology_groups.json")
-    args = parser.parse_args(argv)
-    command = shlex.join(["adnnunet_domains", *argv])
-    try:
-        if args.mode == "simulate":
-            folder = simulate_domains(args.i, args.d, args.n, args.assign, _parse_domain_specs(args.domains),
-                                      heldout_domains=args.heldout, unlabeled_domains=args.unlabeled,
-                                      unlabeled_folder=args.unlabeled_folder, seed=args.seed, num_processes=args.np,
-                                      overwrite=args.overwrite, raw_root=args.raw_root, command=command)
-        else:
-            folder = derive_domain_dataset(args.i, args.d, args.n, args.domains_json, args.heldout,
-                                           unlabeled_domains=args.unlabeled, unlabeled_folder=args.unlabeled_folder,
-                                           overwrite=args.overwrite, raw_root=args.raw_root, command=command)
-    except ADInputError as e:
-        print(f"adnnunet_domains: error: {e}", file=sys.stderr)
-        return 2
-    counts = domain_counts(folder)
-    columns = ["imagesTr", UNLABELED_DIRNAME, "imagesTs"]
-    print(f"Wrote {folder}")
-    print(f"{'domain':<12}" + "".join(f"{c:>17}" for c in columns))
-    for domain, row in counts.items():
-        print(f"{domain:<12}" + "".join(f"{row[c]:>17}" for c in columns))
-    print(f"{'total':<12}" + "".join(f"{sum(r[c] for r in counts.values()):>17}" for c in columns))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
