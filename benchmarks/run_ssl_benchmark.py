@@ -22,6 +22,12 @@ evaluated (no checkpoint selection; nnU-Net's final validation is skipped). Gap 
 
 (undefined when the all-labels model is not better than the labeled-only one).
 
+``--finetune_steps F`` measures the user who already has a labeled-only model: labeled-only (and all-labels) nnU-Net
+train the budget, then A&D (``--ad_trainer``, e.g. ADTrainer_finetune) continues the labeled-only model for F steps,
+and so does nnU-Net alone at the same learning rate (``--finetune_lr``): the matched control A&D is compared with
+(paired, gap closure); the all-labels model is continued likewise. Each continuation starts from the model's
+``checkpoint_final.pth`` through ``adnnunet_warm_start`` and ``nnUNetv2_train ... --c``.
+
 ``--methods`` picks the runs (default: all three). A&D and labeled only are mandatory; ``--methods ad labeled_only``
 skips the all-labels upper bound when time is short, and the report then gives no gap closure (reported as not
 computed). The selection is recorded in state.json; a rerun may add a method (its stages run, the report is rebuilt)
@@ -126,6 +132,13 @@ METHODS = (
 METHOD_KEYS = tuple(m.key for m in METHODS)
 # With --warm_start_steps W, A&D starts from this run: nnU-Net on the labeled cases for steps - W steps.
 WARM_SOURCE = Method("warm_source", "nnU-Net, labeled only, A&D's warm start", "nnunet", 0, "labeled cases only")
+# With --finetune_steps F, A&D continues the labeled-only model for F steps, and so do these two with nnU-Net alone:
+# the matched control (the comparison A&D must win) and the all-labels upper bound (continuing the all-labels model).
+CONTROL = Method("control", "nnU-Net, labeled only, continued (A&D's matched control)", "nnunet", 0,
+                 "labeled cases only")
+FULL_SOURCE = Method("full_source", "nnU-Net, all labels, before continuing", "nnunet", 1,
+                     "labeled + unlabeled, all labels")
+FINETUNED = ("ad", CONTROL.key, "full")  # the runs that continue a model with --finetune_steps
 # The comparison the benchmark exists for; only the upper bound ("full") may be left out.
 REQUIRED_METHODS = ("ad", "labeled_only")
 
@@ -135,11 +148,16 @@ class Budget:
     """Every run: ``num_epochs * iterations_per_epoch`` optimizer steps, ``num_epochs = ceil(steps / I)``.
 
     With ``warm_start_steps`` W > 0, A&D's total is still ``steps``: nnU-Net trains ``steps - W`` steps on the
-    labeled cases (the warm source), then A&D trains W steps from that model."""
+    labeled cases (the warm source), then A&D trains W steps from that model.
+
+    With ``finetune_steps`` F > 0, labeled-only and all-labels nnU-Net train ``steps``; then A&D, the matched
+    control and the all-labels model each train F more steps at ``finetune_lr`` (totals ``steps + F``)."""
     steps: int
     iterations_per_epoch: int
     ddim_steps: int
     warm_start_steps: int = 0
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-3
 
     def epochs(self, steps: int) -> int:
         return math.ceil(steps / self.iterations_per_epoch)
@@ -158,16 +176,25 @@ class Budget:
             return self.warm_start_steps
         if method_key == WARM_SOURCE.key:
             return self.steps - self.warm_start_steps
+        if self.finetune_steps and method_key in FINETUNED:
+            return self.finetune_steps
         return self.total_steps
+
+    def lr(self, method_key: str) -> Optional[float]:
+        """The learning rate a run must use instead of its trainer's own (the fine-tuning runs), else None."""
+        return self.finetune_lr if self.finetune_steps and method_key in FINETUNED else None
 
     @property
     def val_iterations(self) -> int:
         return max(1, min(5, self.iterations_per_epoch // 10))
 
-    def trainer_name(self, kind: str, steps: Optional[int] = None, base: Optional[str] = None) -> str:
+    def trainer_name(self, kind: str, steps: Optional[int] = None, base: Optional[str] = None,
+                     lr: Optional[float] = None) -> str:
         # Budget-specific names: runs with other budgets get other nnU-Net results folders, and --c never resumes
         # a checkpoint of another budget.
         tag = f"{self.epochs(self.steps if steps is None else steps)}x{self.iterations_per_epoch}"
+        if lr is not None:  # e.g. 0.001 -> lr0p001, a valid class name
+            tag += "_lr" + f"{lr:g}".replace(".", "p").replace("-", "m").replace("+", "")
         base = base or ("ADTrainer" if kind == "ad" else "nnUNetTrainer")
         return f"Bench{base}_{tag}_ddim{self.ddim_steps}" if kind == "ad" else f"Bench{base}_{tag}"
 
@@ -311,17 +338,19 @@ def gap_closure(dice_ad: Optional[float], dice_labeled: Optional[float], dice_fu
 MEANINGFUL_GAP = 0.01
 
 
-def report_gap_closure(dice: Dict[str, Optional[float]]) -> tuple[Optional[float], Optional[str]]:
+def report_gap_closure(dice: Dict[str, Optional[float]], baseline: str = "labeled_only"
+                       ) -> tuple[Optional[float], Optional[str]]:
     """(gap closure, None); (None, why it is missing); or (gap closure, why it is not meaningful) when the
-    all-labels model beats the labeled-only one by less than ``MEANINGFUL_GAP``; from ``{method key: mean Dice}``."""
+    all-labels model beats the labeled-only one (``baseline``: ``labeled_only`` or, when fine-tuning, the matched
+    ``control``) by less than ``MEANINGFUL_GAP``; from ``{method key: mean Dice}``."""
     if "full" not in dice:
         return None, "not computed, because the all-labels run was skipped (--methods without full)"
-    gap = gap_closure(dice["ad"], dice["labeled_only"], dice["full"])
+    gap = gap_closure(dice["ad"], dice[baseline], dice["full"])
     if gap is None:
         return None, ("undefined, because the all-labels model is not better than the labeled-only model at this "
                       "budget")
-    if dice["full"] - dice["labeled_only"] < MEANINGFUL_GAP:
-        return gap, (f"not meaningful: the all-labels model is only {100 * (dice['full'] - dice['labeled_only']):.2f} "
+    if dice["full"] - dice[baseline] < MEANINGFUL_GAP:
+        return gap, (f"not meaningful: the all-labels model is only {100 * (dice['full'] - dice[baseline]):.2f} "
                      f"Dice points better than the labeled-only one at this budget, well within case-to-case noise")
     return gap, None
 
@@ -359,6 +388,20 @@ class Benchmark:
                                    f"warm source + A&D = exactly the budget). Fix: e.g. --steps 600 "
                                    f"--warm_start_steps 300 --iterations_per_epoch 50.")
             self.methods = (WARM_SOURCE,) + self.methods
+        f = args.finetune_steps
+        # {run: the run whose final model it starts from}; the baseline: what A&D is compared with first
+        self.starts, self.baseline = ({"ad": WARM_SOURCE.key} if w else {}), "labeled_only"
+        if f:
+            if w or f < 0 or f % args.iterations_per_epoch or not args.finetune_lr > 0:
+                raise ADInputError(f"--finetune_steps {f} must be a positive multiple of --iterations_per_epoch "
+                                   f"{args.iterations_per_epoch}, with --finetune_lr > 0 and without "
+                                   f"--warm_start_steps. Fix: e.g. --steps 1000 --finetune_steps 400 "
+                                   f"--iterations_per_epoch 50.")
+            order = ("labeled_only", CONTROL.key, "ad", FULL_SOURCE.key, "full")
+            runs = {m.key: m for m in self.methods + (CONTROL, FULL_SOURCE)}
+            self.methods = tuple(runs[k] for k in order if k in runs and (k != FULL_SOURCE.key or "full" in runs))
+            self.starts = {k: ("full_source" if k == "full" else "labeled_only") for k in FINETUNED if k in runs}
+            self.baseline = CONTROL.key
         self.methods += tuple(ladder_method(name) for name in dict.fromkeys(args.extra_trainers))
         self.raw_root = Path(os.environ["nnUNet_raw"])
         self.dataset_id, self.dataset = resolve_dataset(args.dataset, self.raw_root)
@@ -377,7 +420,8 @@ class Benchmark:
             raise ADInputError(f"--configuration {args.configuration} differs from preset {args.preset}'s "
                                f"configuration {preset_config}. Fix: drop --configuration or the preset.")
         self.configuration = args.configuration or preset_config or "3d_fullres"
-        self.budget = Budget(args.steps, args.iterations_per_epoch, args.ddim_steps, args.warm_start_steps)
+        self.budget = Budget(args.steps, args.iterations_per_epoch, args.ddim_steps, args.warm_start_steps,
+                             args.finetune_steps, args.finetune_lr)
         if args.dev_cases < 0:
             raise ADInputError(f"--dev_cases {args.dev_cases} must be >= 0.")
         self.labeled = _read_ids(args.labeled, "labeled")
@@ -444,6 +488,8 @@ class Benchmark:
                 "test_images": str(self.test_images), "test_labels": str(self.test_labels),
                 # only when used, so that states written before these options existed still resume
                 **({"warm_start_steps": self.budget.warm_start_steps} if self.budget.warm_start_steps else {}),
+                **({"finetune_steps": self.budget.finetune_steps, "finetune_lr": self.budget.finetune_lr}
+                   if self.budget.finetune_steps else {}),
                 **({"dev": self.dev} if self.dev else {}),
                 **({"extra_trainers": list(self.args.extra_trainers)} if self.args.extra_trainers else {}),
                 **({"ad_trainer": self.args.ad_trainer} if self.args.ad_trainer != "ADTrainer" else {})}
@@ -615,29 +661,38 @@ class Benchmark:
         text += "".join(f"from {m.base_module} import {m.base}\n" for m in self.methods if m.base)
         for name, (m, steps) in runs.items():
             base = m.base or ("ADTrainer" if m.kind == "ad" else "nnUNetTrainer")
-            text += TRAINER_CLASS.format(name=name, base=base, E=b.epochs(steps),
-                                         extra=f"\n        self.ddim_steps = {b.ddim_steps}" if m.kind == "ad" else "")
+            extra = f"\n        self.ddim_steps = {b.ddim_steps}" if m.kind == "ad" else ""
+            if b.lr(m.key) is not None:
+                extra += f"\n        self.initial_lr = {b.lr(m.key)!r}"
+            text += TRAINER_CLASS.format(name=name, base=base, E=b.epochs(steps), extra=extra)
         _atomic_write_text(folder / "bench_trainers.py", text)
         return {"file": str(folder / "bench_trainers.py")}
 
     def trainer(self, m: Method) -> str:
-        return self.budget.trainer_name(m.kind, self.budget.run_steps(m.key), m.base)
+        return self.budget.trainer_name(m.kind, self.budget.run_steps(m.key), m.base, self.budget.lr(m.key))
 
     @property
     def dev_methods(self) -> tuple:
-        """Runs scored on the development cases: all but the all-labels run, which trained on their labels."""
-        return tuple(m for m in self.methods if m.key != "full")
+        """Runs scored on the development cases: all but the all-labels runs, which trained on their labels."""
+        return tuple(m for m in self.methods if m.fold != 1)
 
     def model_folder(self, m: Method) -> Path:
         return self.results / f"{self.trainer(m)}__{PLANS}__{self.configuration}" / f"fold_{m.fold}"
 
-    def warm_start(self, entry: dict) -> dict:
-        """A&D's epoch-0 checkpoint from the warm source's final model (adnnunet_warm_start)."""
-        ad = next(m for m in self.methods if m.key == "ad")
-        source = self.model_folder(WARM_SOURCE) / "checkpoint_final.pth"
-        cmd = ["adnnunet_warm_start", "-d", self.dataset, "-c", self.configuration, "-f", str(ad.fold),
-               "-i", str(source), "-tr", self.trainer(ad), "-p", PLANS, "--overwrite"]
-        return {"command": shlex.join(cmd), "wall_s": round(self.run_cmd("warm_start", cmd), 2)}
+    @staticmethod
+    def warm_start_stage(m: Method) -> str:
+        return "warm_start" if m.key == "ad" else f"warm_start_{m.key}"  # "warm_start": states of older versions
+
+    def warm_start(self, m: Method) -> Callable[[dict], dict]:
+        """The epoch-0 checkpoint of run ``m`` from the final model of the run it starts from (adnnunet_warm_start:
+        A&D with every decoder computing that model, an nnU-Net run with the model itself)."""
+        def run(entry: dict) -> dict:
+            source_run = next(s for s in self.methods if s.key == self.starts[m.key])
+            source = self.model_folder(source_run) / "checkpoint_final.pth"
+            cmd = ["adnnunet_warm_start", "-d", self.dataset, "-c", self.configuration, "-f", str(m.fold),
+                   "-i", str(source), "-tr", self.trainer(m), "-p", PLANS, "--overwrite"]
+            return {"command": shlex.join(cmd), "wall_s": round(self.run_cmd(self.warm_start_stage(m), cmd), 2)}
+        return run
 
     def dev_folders(self, entry: dict) -> dict:
         """``<out>/dev/{images,labels}``: links to the development cases' raw image and label files."""
@@ -654,8 +709,8 @@ class Benchmark:
             attempts = entry.setdefault("attempts_s", [])
             cmd = ["nnUNetv2_train", self.dataset, self.configuration, str(m.fold), "-tr",
                    self.trainer(m), "-p", PLANS, "-device", self.args.device]
-            # continue an interrupted attempt, or a warm-started A&D run from its epoch-0 checkpoint
-            if attempts or (m.key == "ad" and self.budget.warm_start_steps):
+            # continue an interrupted attempt, or a warm-started run from its epoch-0 checkpoint
+            if attempts or m.key in self.starts:
                 cmd.append("--c")
             attempts.append(None)  # marks the attempt before it starts
             self._save_state()
@@ -743,6 +798,10 @@ class Benchmark:
             if b.warm_start_steps and m.key in ("ad", WARM_SOURCE.key):
                 label += (f", {b.run_steps(m.key)} steps" if m.key != "ad" else
                           f" (warm start: {b.run_steps(WARM_SOURCE.key)} nnU-Net + {b.run_steps('ad')} A&D steps)")
+            elif m.key in self.starts:
+                label += f" ({b.run_steps(self.starts[m.key])} + {b.run_steps(m.key)} steps)"
+            elif b.finetune_steps and m.key in ("labeled_only", FULL_SOURCE.key):
+                label += f", {b.run_steps(m.key)} steps"
             rows.append({"key": m.key, "method": label, "trainer": self.trainer(m), "fold": m.fold,
                          "optimizer_steps": b.run_steps(m.key),
                          "training_data": m.data, "metrics": metrics, "train_wall_s": train["wall_s"],
@@ -753,12 +812,12 @@ class Benchmark:
         for row in rows:
             row.update(self._breakdown(st[f"evaluate_{row['key']}"], class_names))
         dice = {r["key"]: r["metrics"]["Dice"]["mean"] for r in rows}
-        gap, gap_reason = report_gap_closure(dice)
-        paired = {f"ad_vs_{other}": self.paired("ad", other) for other in ("labeled_only", WARM_SOURCE.key)
-                  if other in dice}
+        gap, gap_reason = report_gap_closure(dice, self.baseline)
+        paired = {f"ad_vs_{other}": self.paired("ad", other)
+                  for other in dict.fromkeys((self.baseline, "labeled_only", WARM_SOURCE.key)) if other in dice}
         dev = {m.key: {"Dice": st[f"evaluate_dev_{m.key}"]["metrics"]["Dice"],
-                       "paired_vs_labeled_only": None if m.key == "labeled_only" else self.paired(m.key, "labeled_only",
-                                                                                                   "dev")}
+                       "paired_vs_baseline": None if m.key == self.baseline else self.paired(m.key, self.baseline,
+                                                                                               "dev")}
                for m in self.dev_methods} if self.dev else None
         report = {
             "dataset": self.dataset, "configuration": self.configuration, "preset": self.args.preset,
@@ -771,16 +830,18 @@ class Benchmark:
                 "test_cases_per_domain": {d: sum(self.domains[c] == d for c in self.test)
                                           for d in sorted({self.domains[c] for c in self.test})}},
             "ad_progress": self.copy_ad_progress(),
-            "paired": paired, "equal_wall_time": self.equal_wall_time(rows),
+            "baseline": self.baseline, "paired": paired,
+            "equal_wall_time": self.equal_wall_time(rows, self.starts.get("ad")),
             "dev": None if dev is None else {"cases": self.dev, "methods": dev},
             "budget": {"requested_steps": b.steps, "num_epochs": b.num_epochs, "warm_start_steps": b.warm_start_steps,
+                       "finetune_steps": b.finetune_steps, "finetune_lr": b.finetune_lr,
                        "iterations_per_epoch": b.iterations_per_epoch, "optimizer_steps_per_run": b.total_steps,
                        "val_iterations_per_epoch": b.val_iterations, "ddim_steps": b.ddim_steps},
             "split": {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test,
                       "imagesUnlabeled": self.extra_unlabeled, "imagesTr_unused": self.unused},
             "methods": rows, "gap_closure": gap, "gap_closure_reason": gap_reason,
-            "ad_beats_labeled_only": None if None in (dice["ad"], dice["labeled_only"])
-            else dice["ad"] > dice["labeled_only"],
+            "ad_beats_baseline": None if None in (dice["ad"], dice[self.baseline])
+            else dice["ad"] > dice[self.baseline],
             "paper_LA": {split: {k: dict(zip(("Dice", "Jaccard", "HD95", "ASD"), v)) for k, v in d.items()}
                          for split, d in PAPER_LA.items()},
             "machine": machine_info(self.args.device), "commit": git_commit(), "command": self.state["invocations"][0],
@@ -801,15 +862,15 @@ class Benchmark:
         return paired_bootstrap(*scores)
 
     @staticmethod
-    def equal_wall_time(rows: List[dict]) -> Optional[dict]:
-        """A&D's training time (its warm source included) against labeled-only nnU-Net's time per step: how many
+    def equal_wall_time(rows: List[dict], ad_start: Optional[str] = None) -> Optional[dict]:
+        """A&D's training time (the run it starts from included) against labeled-only nnU-Net's time per step: how many
         steps labeled-only nnU-Net would have had in the same time (an estimate from its measured speed). Times are
         nnU-Net's epoch times (training and validation iterations, without process start-up), which are also
         correct for runs that were interrupted and resumed."""
         by_key = {r["key"]: r for r in rows}
         if "ad" not in by_key or "labeled_only" not in by_key or not by_key["labeled_only"]["train_epoch_time_s"]:
             return None
-        ad_s = sum(by_key[k]["train_epoch_time_s"] or 0.0 for k in ("ad", WARM_SOURCE.key) if k in by_key)
+        ad_s = sum(by_key[k]["train_epoch_time_s"] or 0.0 for k in ("ad", ad_start) if k in by_key)
         lab = by_key["labeled_only"]
         steps = ad_s / (lab["train_epoch_time_s"] / lab["optimizer_steps"])
         return {"ad_train_s": round(ad_s, 1), "labeled_only_train_s": lab["train_epoch_time_s"],
@@ -863,9 +924,9 @@ class Benchmark:
         self.stage("settings", self.settings)
         self.stage("preprocess_unlabeled", self.preprocess_unlabeled)
         self.stage("trainers", self.write_trainers)
-        for m in sorted(self.methods, key=lambda m: m.kind == "ad"):  # nnU-Net first: a warm start needs its source
-            if m.key == "ad" and self.budget.warm_start_steps:
-                self.stage("warm_start", self.warm_start)
+        for m in sorted(self.methods, key=lambda m: m.key in self.starts):  # a warm start needs its source
+            if m.key in self.starts:
+                self.stage(self.warm_start_stage(m), self.warm_start(m))
             self.stage(f"train_{m.key}", self.train(m))
         for m in self.methods:
             self.stage(f"predict_{m.key}", self.predict(m))
@@ -912,9 +973,14 @@ def _paired_line(p: Optional[dict], what: str) -> str:
             f"{p['losses']}.")
 
 
+def labels_of(r: dict) -> Dict[str, str]:
+    """``{method key: its row's label}`` of a report."""
+    return {row["key"]: row["method"] for row in r["methods"]}
+
+
 def _paired_markdown(r: dict) -> List[str]:
     """Paired per-case differences, the equal-wall-time line and the development-case table."""
-    labels = {row["key"]: row["method"] for row in r["methods"]}
+    labels = labels_of(r)
     lines = []
     paired = r.get("paired") or {}
     if paired:
@@ -939,10 +1005,11 @@ def _paired_markdown(r: dict) -> List[str]:
                   "test cases.", "", "| Method | Dice (%) |", "|---|---|"]
         for key, entry in dev["methods"].items():
             lines.append(f"| {labels.get(key, key)} | {_pct(entry['Dice'])} |")
+        baseline = r.get("baseline", "labeled_only")
         for key, entry in dev["methods"].items():
-            if entry["paired_vs_labeled_only"] is not None:
-                lines.append(_paired_line(entry["paired_vs_labeled_only"],
-                                          f"dev: {labels.get(key, key)} minus labeled only"))
+            if entry["paired_vs_baseline"] is not None:
+                lines.append(_paired_line(entry["paired_vs_baseline"],
+                                          f"dev: {labels.get(key, key)} minus {labels.get(baseline, baseline)}"))
     return lines
 
 
@@ -1011,15 +1078,16 @@ def render_markdown(r: dict) -> str:
     lines += _breakdown_markdown(r)
     d = {row["key"]: row["metrics"]["Dice"]["mean"] for row in r["methods"]}
     lines += ["", "## Gap closure", ""]
-    formula = "Gap closure (Dice_A&D - Dice_labeled_only) / (Dice_all_labels - Dice_labeled_only)"
+    baseline = r.get("baseline", "labeled_only")
+    formula = f"Gap closure (Dice_A&D - Dice_{baseline}) / (Dice_all_labels - Dice_{baseline})"
     if r["gap_closure"] is None:
         lines.append(f"{formula}: {r['gap_closure_reason']}.")
     else:
         caution = f" Caution, {r['gap_closure_reason']}." if r.get("gap_closure_reason") else ""
         lines.append(f"{formula} = **{100 * r['gap_closure']:.1f} %**.{caution}")
-    if r["ad_beats_labeled_only"] is False:
-        lines.append(f"\n**A&D does NOT beat the labeled-only baseline here** (Dice {100 * d['ad']:.2f} % vs. "
-                     f"{100 * d['labeled_only']:.2f} %).")
+    if r["ad_beats_baseline"] is False:
+        lines.append(f"\n**A&D does NOT beat {labels_of(r)[baseline]} here** (Dice {100 * d['ad']:.2f} % vs. "
+                     f"{100 * d[baseline]:.2f} %).")
     if setting == "ssl":
         lines += ["", "## The paper's LA numbers (for orientation only)", "",
                   "| Split | Method | Dice (%) | Jaccard (%) | HD95 | ASD |", "|---|---|---|---|---|---|"]
@@ -1039,7 +1107,12 @@ def render_markdown(r: dict) -> str:
               + (f" With warm start, A&D's total is the same: nnU-Net on the labeled cases for "
                  f"{b['optimizer_steps_per_run'] - b['warm_start_steps']} steps, then {b['warm_start_steps']} A&D "
                  f"steps from that model (`adnnunet_warm_start`, then `nnUNetv2_train ... --c`)."
-                 if b.get("warm_start_steps") else ""),
+                 if b.get("warm_start_steps") else "")
+              + (f" With fine-tuning, labeled-only (and all-labels) nnU-Net train {b['optimizer_steps_per_run']} "
+                 f"steps; then A&D, the matched control (nnU-Net alone on the labeled cases) and the all-labels "
+                 f"model each continue that model for {b['finetune_steps']} more steps at learning rate "
+                 f"{b['finetune_lr']:g} (`adnnunet_warm_start`, then `nnUNetv2_train ... --c`)."
+                 if b.get("finetune_steps") else ""),
               f"- {b['val_iterations_per_epoch']} validation iterations per epoch on the labeled cases (logged only; "
               f"no checkpoint selection). nnU-Net's final validation is skipped: the benchmark evaluates "
               f"checkpoint_final.pth on the hold-out test folder instead.",
@@ -1104,6 +1177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm_start_steps", type=int, default=0,
                    help="A&D starts from nnU-Net trained on the labeled cases for steps - W steps and trains W "
                         "steps (adnnunet_warm_start); 0 (default): A&D trains all steps from scratch")
+    p.add_argument("--finetune_steps", type=int, default=0,
+                   help="fine-tuning protocol: labeled-only nnU-Net trains --steps, then A&D continues that model for "
+                        "F steps and so does nnU-Net alone (the matched control A&D is compared with; the all-labels "
+                        "model likewise); 0 (default): off")
+    p.add_argument("--finetune_lr", type=float, default=1e-3,
+                   help="learning rate of the --finetune_steps runs, A&D and nnU-Net alike (default 1e-3)")
     p.add_argument("--dev_cases", type=int, default=0,
                    help="also score every run but the all-labels one on the first K unlabeled cases (development "
                         "cases for decisions; default 0)")

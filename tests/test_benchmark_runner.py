@@ -251,7 +251,7 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
     ad = bench.methods[1]
     bench.model_folder(ad).mkdir(parents=True)
     (bench.model_folder(ad) / "checkpoint_final.pth").write_bytes(b"")
-    bench.stage("warm_start", bench.warm_start)
+    bench.stage("warm_start", bench.warm_start(ad))
     bench.stage("train_ad", bench.train(ad))
     source = bench.model_folder(bench.methods[0]) / "checkpoint_final.pth"
     assert calls[0][:1] == ["adnnunet_warm_start"] and calls[0][calls[0].index("-i") + 1] == str(source)
@@ -259,9 +259,45 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
     assert calls[1][:1] == ["nnUNetv2_train"] and calls[1][-1] == "--c"
 
     # budgets that do not add up are refused
-    for bad in (("--warm_start_steps", "6"), ("--warm_start_steps", "3"), ("--dev_cases", "99")):
+    for bad in (("--warm_start_steps", "6"), ("--warm_start_steps", "3"), ("--dev_cases", "99"),
+                ("--finetune_steps", "3"), ("--finetune_steps", "2", "--warm_start_steps", "2"),
+                ("--finetune_steps", "2", "--finetune_lr", "0")):
         with pytest.raises(ADInputError):
             rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "x", steps=6, extra=bad)), "cmd")
+
+
+@pytest.mark.slow
+def test_finetune_protocol_continues_the_labeled_only_model_with_ad_and_with_its_matched_control(bench_dataset,
+                                                                                                  tmp_path):
+    """--finetune_steps F: labeled-only and all-labels nnU-Net train the budget; A&D, the matched control and the
+    all-labels model each continue their model for F steps at --finetune_lr; A&D is compared with the control."""
+    ds = bench_dataset
+    assert rsb.main(bench_args(ds, tmp_path, steps=2, extra=(
+        "--finetune_steps", "2", "--dev_cases", "1", "--ad_trainer", "ADTrainer_finetune"))) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["key"]: r for r in report["methods"]}
+    assert list(rows) == ["labeled_only", "control", "ad", "full_source", "full"]
+    assert {k: (r["trainer"], r["fold"], r["optimizer_steps"]) for k, r in rows.items()} == {
+        "labeled_only": ("BenchnnUNetTrainer_1x2", 0, 2), "control": ("BenchnnUNetTrainer_1x2_lr0p001", 0, 2),
+        "ad": ("BenchADTrainer_finetune_1x2_lr0p001_ddim2", 0, 2), "full_source": ("BenchnnUNetTrainer_1x2", 1, 2),
+        "full": ("BenchnnUNetTrainer_1x2_lr0p001", 1, 2)}
+    state = json.loads((out / "state.json").read_text())["stages"]
+    for run, source in (("ad", "labeled_only"), ("control", "labeled_only"), ("full", "full_source")):
+        record = json.loads((Path(rows[run]["model_folder"]) / "warm_start.json").read_text())
+        assert record["source_checkpoint"] == str(Path(rows[source]["model_folder"]) / "checkpoint_final.pth")
+        assert state[f"train_{run}"]["command"].endswith("--c") and state[f"train_{run}"]["epochs_completed"] == 1
+    assert "warm_start" in state and "warm_start_control" in state and "warm_start_full" in state
+    module = (out / "trainers" / "bench_trainers.py").read_text()
+    assert module.count("self.initial_lr = 0.001") == 2  # the A&D class; one class for control and all labels
+    assert report["baseline"] == "control" and list(report["paired"]) == ["ad_vs_control", "ad_vs_labeled_only"]
+    dice = {k: r["metrics"]["Dice"]["mean"] for k, r in rows.items()}
+    assert report["gap_closure"] == rsb.report_gap_closure(dice, "control")[0]
+    assert list(report["dev"]["methods"]) == ["labeled_only", "control", "ad"]  # the all-labels runs saw their labels
+    md = (out / "report.md").read_text()
+    assert "nnU-Net, labeled only, continued (A&D's matched control) (2 + 2 steps)" in md
+    assert "(Dice_A&D - Dice_control) / (Dice_all_labels - Dice_control)" in md
+    assert "continue that model for 2 more steps at learning rate 0.001" in md
 
 
 def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drops_it(bench_dataset, tmp_path, capsys):
@@ -290,7 +326,7 @@ def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drop
     assert json.loads((out / "state.json").read_text())["methods"] == ["ad", "labeled_only"]
     report = json.loads((out / "report.json").read_text())
     assert [r["key"] for r in report["methods"]] == ["ad", "labeled_only"]
-    assert report["gap_closure"] is None and report["ad_beats_labeled_only"] is True
+    assert report["gap_closure"] is None and report["ad_beats_baseline"] is True
     assert report["gap_closure_reason"] == ("not computed, because the all-labels run was skipped (--methods "
                                             "without full)")
     md = (out / "report.md").read_text()
