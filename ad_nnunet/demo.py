@@ -9,14 +9,13 @@ Steps (each printed before it runs, so a user can copy them):
   6. nnUNetv2_predict ... -tr ADTrainer_demo -device cpu --disable_tta   (stock)
   7. adnnunet_evaluate                               -> Dice / Jaccard / HD95 / ASD in mm against labelsTs
 """
-import argparse
 import os
 import shlex
 import subprocess
-import sys
 import time
 
 from ad_nnunet import console_command, ext_trainer_dir
+from ad_nnunet.errors import ADInputError
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_ADPhantom"
@@ -31,16 +30,11 @@ def _run(cmd: list, env: dict) -> None:
     print(f"  ({time.time() - started:.0f} s)", flush=True)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-o", "--output", default="ad_nnunet_demo",
-                        help="working folder (nnUNet_raw, nnUNet_preprocessed, nnUNet_results go inside)")
-    parser.add_argument("-device", default="cpu", help="cpu or cuda (default: cpu)")
-    args = parser.parse_args(argv)
-
-    root = os.path.abspath(args.output)
+def run_demo(output: str, device: str = "cpu") -> None:
+    """Run the steps of the module docstring in the new working folder ``output`` on ``device`` (cpu or cuda)."""
+    root = os.path.abspath(output)
     if os.path.exists(os.path.join(root, "nnUNet_raw", DATASET_NAME)):
-        sys.exit(f"{root} already holds a demo run; remove it or pass -o NEW_FOLDER")
+        raise ADInputError(f"{root} already holds a demo run; remove it or pass -o NEW_FOLDER")
     env = dict(os.environ,
                nnUNet_raw=os.path.join(root, "nnUNet_raw"),
                nnUNet_preprocessed=os.path.join(root, "nnUNet_preprocessed"),
@@ -60,9 +54,9 @@ def main(argv=None) -> None:
     _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"], env)
     _run(["adnnunet_apply_preset", "-d", str(DATASET_ID), "--preset", "tiny"], env)
     _run(["adnnunet_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", CONFIGURATION], env)
-    _run(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", TRAINER, "-device", args.device], env)
+    _run(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", TRAINER, "-device", device], env)
     _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", str(DATASET_ID),
-          "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-device", args.device, "--disable_tta"], env)
+          "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-device", device, "--disable_tta"], env)
     _run(["adnnunet_evaluate", "-pred", predictions, "-ref", os.path.join(raw, "labelsTs"),
           "-dj", os.path.join(raw, "dataset.json"), "-o", os.path.join(root, "evaluation")], env)
     results = os.path.join(env["nnUNet_results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__{CONFIGURATION}", "fold_0")
@@ -70,7 +64,3 @@ def main(argv=None) -> None:
     print(f"  trained model, logs, progress plots: {results}")
     print(f"  segmentations of imagesTs:           {predictions}")
     print(f"  evaluation (md/json/csv):            {os.path.join(root, 'evaluation')}.md")
-
-
-if __name__ == "__main__":
-    main()

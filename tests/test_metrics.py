@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from ad_nnunet.entrypoints.results import evaluate_entry
 from ad_nnunet.errors import ADInputError
-from ad_nnunet.evaluation import evaluate
 from ad_nnunet.evaluation.metrics import case_metrics, evaluate_folders, write_reports
 
 ANISO = (2.0, 0.5, 0.5)  # mm per array axis: a coarse axis 4x the in-plane spacing
@@ -192,10 +192,10 @@ def test_cli(folders, tmp_path, capsys):
                               "channel_names": {"0": "MRI"}}))
     domains = tmp_path / "settings.json"
     domains.write_text(json.dumps({"ad_domains": {"c1": "A", "c2": "B", "c3": "A"}}))
-    assert evaluate.main(["-pred", str(pred), "-ref", str(ref), "-dj", str(dj), "--settings", str(domains),
-                          "--no_progress"]) == 0
+    assert evaluate_entry(["-pred", str(pred), "-ref", str(ref), "-dj", str(dj), "--settings", str(domains),
+                           "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert "foreground mean" in out and "## Domain B" in out
     assert json.loads((pred / "ad_evaluation.json").read_text())["labels"] == [1, 2]
-    assert evaluate.main(["-pred", str(pred), "-ref", str(tmp_path / "nope"), "-l", "1", "--no_progress"]) == 2
+    assert evaluate_entry(["-pred", str(pred), "-ref", str(tmp_path / "nope"), "-l", "1", "--no_progress"]) == 2
     assert "nope" in capsys.readouterr().err

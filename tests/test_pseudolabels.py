@@ -10,7 +10,7 @@ import torch
 
 from ad_nnunet import console_command, ext_trainer_dir
 from ad_nnunet.checkpoints import load_checkpoint
-from ad_nnunet.cli import pseudolabels_entry, rank_unlabeled_entry
+from ad_nnunet.entrypoints.results import pseudolabels_entry, rank_unlabeled_entry
 from ad_nnunet.data.raw import list_unlabeled_cases
 from ad_nnunet.export import unet_state_dict
 from ad_nnunet.hashing import sha256_of

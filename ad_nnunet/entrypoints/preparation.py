@@ -63,6 +63,7 @@ def make_settings_entry(argv: Optional[Sequence[str]] = None) -> int:
     """``adnnunet_make_settings``: ad_settings.json and splits_final.json (ad_nnunet/data/settings.py)."""
     from ad_nnunet.data.settings import SETTINGS, make_settings, read_settings_file, summarize
 
+    argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the settings file
     p = argparse.ArgumentParser(
         prog="adnnunet_make_settings",
         description="Write ad_settings.json (labeled/unlabeled/val cases per fold) and the matching nnU-Net "
@@ -83,7 +84,6 @@ def make_settings_entry(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--target", nargs="+", help="uda target domains (default: all others)")
     p.add_argument("--heldout", nargs="+", help="semidg held-out domains")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different splits_final.json")
-    argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
 
     def body():

@@ -1,4 +1,4 @@
-"""``adnnunet_evaluate``: score a prediction folder against references in mm (see ``metrics`` for the math).
+"""Score a prediction folder against references in mm (``adnnunet_evaluate``; see ``metrics`` for the math).
 
 Example::
 
@@ -8,14 +8,12 @@ writes ``preds/ad_evaluation.{json,csv,md}`` and prints the markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 from ad_nnunet.errors import ADInputError
-from ad_nnunet.evaluation.metrics import evaluate_folders, markdown_report, write_reports
+from ad_nnunet.evaluation.metrics import evaluate_folders, write_reports
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -57,53 +55,30 @@ def domains_from_json(obj: dict, source: str) -> dict[str, str]:
     return dict(obj)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="adnnunet_evaluate",
-        description="Dice, Jaccard, HD95 and ASD (distances in mm) of every prediction in -pred against the "
-                    "same-named reference in -ref. Both-empty classes are not applicable (NaN, counted as n_empty); "
-                    "a missed or hallucinated class gets Dice 0 and the image diagonal in mm as distance.")
-    parser.add_argument("-pred", required=True, help="folder with predicted label files")
-    parser.add_argument("-ref", required=True, help="folder with reference label files of the same names")
-    lab = parser.add_mutually_exclusive_group(required=True)
-    lab.add_argument("-dj", help="dataset.json: foreground labels and file_ending come from it")
-    lab.add_argument("-l", nargs="+", type=int, help="foreground labels to score, e.g. -l 1 2 3")
-    parser.add_argument("-o", help="output prefix (default <pred>/ad_evaluation): writes .json, .csv and .md")
-    dom = parser.add_mutually_exclusive_group()
-    dom.add_argument("--domains", help="JSON with a case -> domain mapping (plain, or under 'ad_domains'/'domains')")
-    dom.add_argument("--settings", help="ad_settings.json whose 'ad_domains'/'domains' entry maps case -> domain")
-    parser.add_argument("--file_ending", help="file ending of the label files (default: dataset.json's, "
-                                              "else .nii.gz)")
-    parser.add_argument("-np", type=int, default=1, help="number of worker processes (default 1)")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+def evaluate_predictions(pred_folder: str, ref_folder: str, *, dataset_json: Optional[str] = None,
+                         labels: Optional[list[int]] = None, out_prefix: Optional[str] = None,
+                         domains_file: Optional[str] = None, settings_file: Optional[str] = None,
+                         file_ending: Optional[str] = None, num_processes: int = 1,
+                         progress: bool = True) -> tuple[dict, dict]:
+    """Score ``pred_folder`` against ``ref_folder`` (``evaluate_folders``) and write the reports; returns
+    ``(results, {format: path})``.
 
-    try:
-        file_ending = args.file_ending
-        if args.dj is not None:
-            dataset_json = _load_json(args.dj, "dataset.json")
-            labels = foreground_labels(dataset_json, args.dj)
-            file_ending = file_ending or dataset_json.get("file_ending")
-        else:
-            labels = args.l
-        domains = None
-        if args.domains is not None:
-            domains = domains_from_json(_load_json(args.domains, "Domain file"), args.domains)
-        elif args.settings is not None:
-            domains = domains_from_json(_load_json(args.settings, "Settings file"), args.settings)
-        if args.np < 1:
-            raise ADInputError(f"-np {args.np} is not a number of processes; pass -np 1 or more.")
-        results = evaluate_folders(args.pred, args.ref, labels, file_ending=file_ending or ".nii.gz",
-                                   domains=domains, num_processes=args.np, progress=not args.no_progress)
-        prefix = Path(args.o) if args.o else Path(args.pred) / "ad_evaluation"
-        paths = write_reports(results, prefix)
-    except ADInputError as e:
-        print(f"adnnunet_evaluate: error: {e}", file=sys.stderr)
-        return 2
-    print(markdown_report(results))
-    print("Wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    The foreground labels and the file ending come from ``dataset_json`` (else ``labels``; the file ending defaults to
+    ``.nii.gz``), the case -> domain mapping from ``domains_file`` or ``settings_file`` (:func:`domains_from_json`);
+    the reports go to ``<out_prefix>.{json,csv,md}`` (default ``<pred_folder>/ad_evaluation``).
+    """
+    if dataset_json is not None:
+        dj = _load_json(dataset_json, "dataset.json")
+        labels = foreground_labels(dj, dataset_json)
+        file_ending = file_ending or dj.get("file_ending")
+    domains = None
+    if domains_file is not None:
+        domains = domains_from_json(_load_json(domains_file, "Domain file"), domains_file)
+    elif settings_file is not None:
+        domains = domains_from_json(_load_json(settings_file, "Settings file"), settings_file)
+    if num_processes < 1:
+        raise ADInputError(f"-np {num_processes} is not a number of processes; pass -np 1 or more.")
+    results = evaluate_folders(pred_folder, ref_folder, labels, file_ending=file_ending or ".nii.gz",
+                               domains=domains, num_processes=num_processes, progress=progress)
+    prefix = Path(out_prefix) if out_prefix else Path(pred_folder) / "ad_evaluation"
+    return results, write_reports(results, prefix)
