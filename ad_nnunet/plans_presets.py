@@ -60,7 +60,7 @@ _OPTIONAL = {"description": str, "spacing_factor": (int, float)}
 _MIN_FEATURE_MAP = 4
 
 
-def _presets_dir() -> Path:
+def presets_dir() -> Path:
     """The folder with the shipped presets: the installed package data ``ad_nnunet._plans`` if present, else the
     repository's top-level ``plans/`` (source checkout)."""
     spec = importlib.util.find_spec("ad_nnunet._plans")
@@ -70,15 +70,15 @@ def _presets_dir() -> Path:
 
 
 def available_presets() -> list[str]:
-    """Names of the shipped presets (file names in :func:`_presets_dir` without ``.json``)."""
-    return sorted(p.stem for p in _presets_dir().glob("*.json"))
+    """Names of the shipped presets (file names in :func:`presets_dir` without ``.json``)."""
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
 
 
 def load_preset(preset: Union[str, os.PathLike]) -> dict:
     """Load and validate a preset given by name (``tiny``, ``tiny_2d``, ``la_cpu``, ...) or by path to a JSON file."""
     path = Path(preset)
     if not path.is_file():
-        path = _presets_dir() / f"{preset}.json"
+        path = presets_dir() / f"{preset}.json"
         if not path.is_file():
             raise ADInputError(f"Unknown preset '{preset}': it is neither a file nor one of the available presets "
                                f"{available_presets()}; pass one of those names or the path to a preset JSON.")

@@ -15,8 +15,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from ad_nnunet import plans_presets
 from ad_nnunet.entrypoints.preparation import apply_preset_entry
 from ad_nnunet.errors import ADInputError
-from ad_nnunet.plans_presets import (_presets_dir, apply_preset, available_presets, load_preset,
-                                     preset_needs_preprocessing)
+from ad_nnunet.plans_presets import (apply_preset, available_presets, load_preset, preset_needs_preprocessing,
+                                     presets_dir)
 
 DATASET_ID = 880  # clear of conftest's phantom (990) and its copies (900, 901, ...)
 DATASET = "Dataset880_ADPresetTest"
@@ -219,7 +219,7 @@ def test_invalid_presets(plans_file, tmp_path):
 
 
 def test_shipped_presets_are_found_and_valid():
-    assert (_presets_dir() / "__init__.py").is_file()
+    assert (presets_dir() / "__init__.py").is_file()
     assert set(available_presets()) >= {"tiny", "tiny_2d", "la_cpu", "acdc_cpu_2d"}
     for name in available_presets():
         preset = load_preset(name)
@@ -227,11 +227,11 @@ def test_shipped_presets_are_found_and_valid():
     assert load_preset("la_cpu")["spacing_factor"] == 2.0
     repo_plans = Path(__file__).resolve().parents[1] / "plans"
     for f in repo_plans.glob("*.json"):
-        assert json.loads((_presets_dir() / f.name).read_text()) == json.loads(f.read_text())
+        assert json.loads((presets_dir() / f.name).read_text()) == json.loads(f.read_text())
 
 
 def test_presets_dir_falls_back_to_repository(monkeypatch):
     # Without the installed package data (a plain source checkout), the repository's plans/ is used.
     monkeypatch.setattr(plans_presets.importlib.util, "find_spec", lambda name: None)
-    assert _presets_dir() == Path(__file__).resolve().parents[1] / "plans"
+    assert presets_dir() == Path(__file__).resolve().parents[1] / "plans"
     assert "tiny" in available_presets()
