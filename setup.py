@@ -46,6 +46,7 @@ setup(
             "adnnunet_domains = ad_nnunet.entrypoints.datasets:domains_entry",
             "adnnunet_prepare_la = ad_nnunet.entrypoints.datasets:prepare_la_entry",
             "adnnunet_prepare_acdc = ad_nnunet.entrypoints.datasets:prepare_acdc_entry",
+            "adnnunet_benchmark = ad_nnunet.entrypoints.benchmark:benchmark_entry",
         ]
     },
 )

@@ -37,9 +37,10 @@ echo "gpu_tier: $(date -u) on $(hostname); steps=$STEPS ipe=$IPE ddim=$DDIM devi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 # 1. payload: check it against the working tree, install its wheels offline into $WORK/site
-$PY benchmarks/pack_gpu_tier.py --verify "$PAYLOAD"
-$PY -c "import sys; sys.path.insert(0, 'benchmarks'); import pack_gpu_tier as p; from pathlib import Path; \
-p.extract(Path('$PAYLOAD/wheels.tar.xz'), Path('$WORK/wheels')); p.extract(Path('$PAYLOAD/data.tar.xz'), Path('$WORK/nnUNet_raw'))"
+# (before the install, ad_nnunet's payload code runs from the working tree; it needs only the standard library)
+PYTHONPATH=$REPO $PY benchmarks/pack_gpu_tier.py --verify "$PAYLOAD"
+PYTHONPATH=$REPO $PY -c "from ad_nnunet.benchmark.gpu_payload import extract; from pathlib import Path; \
+extract(Path('$PAYLOAD/wheels.tar.xz'), Path('$WORK/wheels')); extract(Path('$PAYLOAD/data.tar.xz'), Path('$WORK/nnUNet_raw'))"
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --find-links "$WORK/wheels" \
   --target "$WORK/site" "$WORK"/wheels/*.whl "$PAYLOAD"/ad_nnunet-*.whl
 export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PATH=$WORK/site/bin:$PATH

@@ -1,4 +1,5 @@
-"""benchmarks/: the SSL benchmark runner end to end on the phantom, LA preparation, and the GPU-tier packaging."""
+"""ad_nnunet/benchmark/: the SSL benchmark runner end to end on the phantom, LA preparation, and the GPU-tier
+packaging."""
 import json
 import os
 import re
@@ -10,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ad_nnunet.benchmark import gpu_payload
+from ad_nnunet.benchmark.budget import METHODS, Budget
+from ad_nnunet.benchmark.gpu_wheels import stored_copy
+from ad_nnunet.benchmark.pipeline import Benchmark
+from ad_nnunet.benchmark.report import gap_closure, report_gap_closure
+from ad_nnunet.benchmark.runner import StageError
 from ad_nnunet.dataset_conversion import prepare_la
+from ad_nnunet.entrypoints.benchmark import benchmark_entry, build_parser
 from ad_nnunet.errors import ADInputError
+from ad_nnunet.hashing import sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import pack_gpu_tier  # noqa: E402
-import run_ssl_benchmark as rsb  # noqa: E402
 
 
 @pytest.fixture
@@ -41,7 +46,7 @@ def bench_args(ds, tmp_path, steps=4, extra=()):
 @pytest.mark.slow
 def test_benchmark_end_to_end_then_rerun_skips_everything(bench_dataset, tmp_path, capsys):
     ds = bench_dataset
-    assert rsb.main(bench_args(ds, tmp_path)) == 0
+    assert benchmark_entry(bench_args(ds, tmp_path)) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
     assert [m["key"] for m in report["methods"]] == ["ad", "labeled_only", "full"]
@@ -52,7 +57,7 @@ def test_benchmark_end_to_end_then_rerun_skips_everything(bench_dataset, tmp_pat
     for label in ("A&D (ADTrainer)", "nnU-Net, labeled only", "nnU-Net, all labels (upper bound)", "Gap closure",
                   "90.31", "optimizer steps"):
         assert label in md, label
-    assert report["gap_closure"] == rsb.gap_closure(*(m["metrics"]["Dice"]["mean"] for m in report["methods"]))
+    assert report["gap_closure"] == gap_closure(*(m["metrics"]["Dice"]["mean"] for m in report["methods"]))
 
     # every run trained exactly the budget, with its final checkpoint, on the right fold
     for m in report["methods"]:
@@ -76,14 +81,14 @@ def test_benchmark_end_to_end_then_rerun_skips_everything(bench_dataset, tmp_pat
     # rerun: every stage is skipped, nothing is retrained
     mtime = os.path.getmtime(Path(report["methods"][0]["model_folder"]) / "checkpoint_final.pth")
     capsys.readouterr()
-    assert rsb.main(bench_args(ds, tmp_path)) == 0
+    assert benchmark_entry(bench_args(ds, tmp_path)) == 0
     printed = capsys.readouterr().out
     assert printed.count("already complete, skipped") == len(state["stages"])
     assert os.path.getmtime(Path(report["methods"][0]["model_folder"]) / "checkpoint_final.pth") == mtime
     assert len(json.loads((out / "state.json").read_text())["invocations"]) == 2
 
     # another budget in the same --out is refused
-    assert rsb.main(bench_args(ds, tmp_path, steps=6)) == 2
+    assert benchmark_entry(bench_args(ds, tmp_path, steps=6)) == 2
     assert "other settings (steps differ)" in capsys.readouterr().err
 
 
@@ -91,10 +96,10 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
                                                                             capsys):
     """No training here: the commands are recorded instead of run."""
     ds = bench_dataset
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path))
+    args = build_parser().parse_args(bench_args(ds, tmp_path))
     args.n_proc_da = 0
-    bench = rsb.Benchmark(args, "cmd")
-    method = rsb.METHODS[1]
+    bench = Benchmark(args, "cmd")
+    method = METHODS[1]
     stage = f"train_{method.key}"
     bench.state["stages"][stage] = {"status": "started", "attempts_s": [None]}  # as left by a killed run
     calls = []
@@ -117,7 +122,7 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
     monkeypatch.undo()
     bench.state["stages"].pop("plan", None)
     bad = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
-    with pytest.raises(rsb.StageError) as err:
+    with pytest.raises(StageError) as err:
         bench.stage("plan", lambda entry: {"wall_s": bench.run_cmd("plan", bad)})
     assert "stage 'plan' failed" in str(err.value) and str(tmp_path / "out" / "logs" / "plan.log") in str(err.value)
     assert "boom" in (tmp_path / "out" / "logs" / "plan.log").read_text()
@@ -126,21 +131,21 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
 
 def test_holdout_leak_and_bad_inputs_are_refused(bench_dataset, tmp_path):
     ds = bench_dataset
-    parser = rsb.build_parser()
+    parser = build_parser()
     # a test folder that contains training cases
     args = parser.parse_args(bench_args(ds, tmp_path))
     args.test_images, args.test_labels, args.n_proc_da = Path(ds["raw"], "imagesTr"), Path(ds["raw"], "labelsTr"), 0
     with pytest.raises(ADInputError, match="Hold-out case"):
-        rsb.Benchmark(args, "cmd")
+        Benchmark(args, "cmd")
     (tmp_path / "bad.txt").write_text("no_such_case\n")
     args = parser.parse_args(bench_args(ds, tmp_path))
     args.labeled, args.n_proc_da = tmp_path / "bad.txt", 0
     with pytest.raises(ADInputError, match="not in"):
-        rsb.Benchmark(args, "cmd")
+        Benchmark(args, "cmd")
     args = parser.parse_args(bench_args(ds, tmp_path) + ["--configuration", "3d_fullres"])
     args.n_proc_da = 0
     with pytest.raises(ADInputError, match="differs from preset"):
-        rsb.Benchmark(args, "cmd")
+        Benchmark(args, "cmd")
 
 
 def _test_ids(ds) -> list:
@@ -180,11 +185,11 @@ def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress
     dataset_json["ad_domains"].update({test_ids[0]: "A", test_ids[1]: "B"})
     dataset_json["ad_simulated"] = True
     (raw / "dataset.json").write_text(json.dumps(dataset_json))
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=("--setting", "uda")))
+    args = build_parser().parse_args(bench_args(ds, tmp_path, extra=("--setting", "uda")))
     args.n_proc_da = 0
-    bench = rsb.Benchmark(args, "cmd")
-    _evaluate_untrained(bench, rsb.METHODS, lesion_missed_by=("labeled_only", test_ids[1]))
-    ad_folder = bench.model_folder(rsb.METHODS[0])
+    bench = Benchmark(args, "cmd")
+    _evaluate_untrained(bench, METHODS, lesion_missed_by=("labeled_only", test_ids[1]))
+    ad_folder = bench.model_folder(METHODS[0])
     ad_folder.mkdir(parents=True)
     (ad_folder / "ad_progress.png").write_bytes(b"fake png")
     bench.stage("report", bench.report)
@@ -225,10 +230,10 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
     """--warm_start_steps: nnU-Net trains steps - W, A&D W steps from it (adnnunet_warm_start, then --c). No training
     here: commands are recorded; each fake run writes the checkpoint the next stage expects."""
     ds = bench_dataset
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
+    args = build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
         "--warm_start_steps", "2", "--dev_cases", "2", "--methods", "ad", "labeled_only")))
     args.n_proc_da = 0
-    bench = rsb.Benchmark(args, "cmd")
+    bench = Benchmark(args, "cmd")
     assert [m.key for m in bench.methods] == ["warm_source", "ad", "labeled_only"]
     assert [bench.trainer(m) for m in bench.methods] == [
         "BenchnnUNetTrainer_2x2", "BenchADTrainer_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
@@ -263,7 +268,7 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
                 ("--finetune_steps", "3"), ("--finetune_steps", "2", "--warm_start_steps", "2"),
                 ("--finetune_steps", "2", "--finetune_lr", "0")):
         with pytest.raises(ADInputError):
-            rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "x", steps=6, extra=bad)), "cmd")
+            Benchmark(build_parser().parse_args(bench_args(ds, tmp_path / "x", steps=6, extra=bad)), "cmd")
 
 
 @pytest.mark.slow
@@ -272,7 +277,7 @@ def test_finetune_protocol_continues_the_labeled_only_model_with_ad_and_with_its
     """--finetune_steps F: labeled-only and all-labels nnU-Net train the budget; A&D, the matched control and the
     all-labels model each continue their model for F steps at --finetune_lr; A&D is compared with the control."""
     ds = bench_dataset
-    assert rsb.main(bench_args(ds, tmp_path, steps=2, extra=(
+    assert benchmark_entry(bench_args(ds, tmp_path, steps=2, extra=(
         "--finetune_steps", "2", "--dev_cases", "1", "--ad_trainer", "ADTrainer_finetune"))) == 0
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
@@ -292,7 +297,7 @@ def test_finetune_protocol_continues_the_labeled_only_model_with_ad_and_with_its
     assert module.count("self.initial_lr = 0.001") == 2  # the A&D class; one class for control and all labels
     assert report["baseline"] == "control" and list(report["paired"]) == ["ad_vs_control", "ad_vs_labeled_only"]
     dice = {k: r["metrics"]["Dice"]["mean"] for k, r in rows.items()}
-    assert report["gap_closure"] == rsb.report_gap_closure(dice, "control")[0]
+    assert report["gap_closure"] == report_gap_closure(dice, "control")[0]
     assert list(report["dev"]["methods"]) == ["labeled_only", "control", "ad"]  # the all-labels runs saw their labels
     md = (out / "report.md").read_text()
     assert "nnU-Net, labeled only, continued (A&D's matched control) (2 + 2 steps)" in md
@@ -303,9 +308,9 @@ def test_finetune_protocol_continues_the_labeled_only_model_with_ad_and_with_its
 def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drops_it(bench_dataset, tmp_path, capsys):
     """--methods ad labeled_only: no training, evaluate and report run for real (as in the test above)."""
     ds = bench_dataset
-    parser = rsb.build_parser()
+    parser = build_parser()
     assert parser.parse_args(bench_args(ds, tmp_path)).methods == ["ad", "labeled_only", "full"]
-    assert rsb.main(bench_args(ds, tmp_path, extra=("--methods", "ad", "full"))) == 2
+    assert benchmark_entry(bench_args(ds, tmp_path, extra=("--methods", "ad", "full"))) == 2
     err = capsys.readouterr().err
     assert "--methods ad full lacks labeled_only" in err and "Fix: pass --methods ad labeled_only" in err
     assert not (tmp_path / "out").exists()  # refused before anything is written
@@ -316,7 +321,7 @@ def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drop
     def benchmark(*methods):
         args = parser.parse_args(bench_args(ds, tmp_path, extra=("--methods", *methods)))
         args.n_proc_da = 0
-        return rsb.Benchmark(args, "cmd")
+        return Benchmark(args, "cmd")
 
     out = tmp_path / "out"
     bench = benchmark("labeled_only", "ad")
@@ -342,12 +347,12 @@ def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drop
     # resume with full added: only its stages are new, and the report is rebuilt with three rows
     bench = benchmark("ad", "labeled_only", "full")
     assert "report" not in bench.state["stages"] and bench.state["stages"]["evaluate_ad"]["status"] == "done"
-    _evaluate_untrained(bench, rsb.METHODS[2:])
+    _evaluate_untrained(bench, METHODS[2:])
     bench.stage("report", bench.report)
     report = json.loads((out / "report.json").read_text())
     assert [r["key"] for r in report["methods"]] == ["ad", "labeled_only", "full"]
-    assert report["gap_closure"] == pytest.approx(rsb.gap_closure(*(r["metrics"]["Dice"]["mean"]
-                                                                     for r in report["methods"])))
+    assert report["gap_closure"] == pytest.approx(gap_closure(*(r["metrics"]["Dice"]["mean"]
+                                                                 for r in report["methods"])))
     assert report["gap_closure_reason"] is None
 
     # resume with full dropped again: its results stay on disk, the rebuilt report leaves it out
@@ -357,18 +362,18 @@ def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drop
 
 
 def test_budget_and_gap_closure():
-    b = rsb.Budget(steps=101, iterations_per_epoch=50, ddim_steps=10)
+    b = Budget(steps=101, iterations_per_epoch=50, ddim_steps=10)
     assert (b.num_epochs, b.total_steps) == (3, 150)
     assert b.trainer_name("ad") == "BenchADTrainer_3x50_ddim10" and b.trainer_name("nnunet") == "BenchnnUNetTrainer_3x50"
-    assert rsb.gap_closure(0.85, 0.80, 0.90) == pytest.approx(0.5)
-    assert rsb.gap_closure(0.75, 0.80, 0.90) == pytest.approx(-0.5)
-    assert rsb.gap_closure(0.85, 0.80, 0.80) is None and rsb.gap_closure(0.85, 0.80, 0.70) is None
-    assert rsb.gap_closure(None, 0.8, 0.9) is None
-    assert rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.90}) == (pytest.approx(0.5), None)
-    gap, reason = rsb.report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.80})
+    assert gap_closure(0.85, 0.80, 0.90) == pytest.approx(0.5)
+    assert gap_closure(0.75, 0.80, 0.90) == pytest.approx(-0.5)
+    assert gap_closure(0.85, 0.80, 0.80) is None and gap_closure(0.85, 0.80, 0.70) is None
+    assert gap_closure(None, 0.8, 0.9) is None
+    assert report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.90}) == (pytest.approx(0.5), None)
+    gap, reason = report_gap_closure({"ad": 0.85, "labeled_only": 0.80, "full": 0.80})
     assert gap is None and reason.startswith("undefined, because the all-labels model is not better")
     # session 2's LA result: the denominator (0.31 points) is noise, so the ratio comes with a caution
-    gap, reason = rsb.report_gap_closure({"ad": 0.7140, "labeled_only": 0.8213, "full": 0.8244})
+    gap, reason = report_gap_closure({"ad": 0.7140, "labeled_only": 0.8213, "full": 0.8244})
     assert gap == pytest.approx(-34.6, abs=0.1) and reason.startswith("not meaningful: the all-labels model is only "
                                                                        "0.31 Dice points better")
 
@@ -418,10 +423,10 @@ def test_gpu_tier_script_syntax_and_pack_size_check(tmp_path):
     assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_tier.sh")]).returncode == 0
     (tmp_path / "a.bin").write_bytes(os.urandom(3000))
     (tmp_path / "b.bin").write_bytes(os.urandom(2000))
-    assert pack_gpu_tier.folder_size(tmp_path) == 5000
-    pack_gpu_tier.check_size(tmp_path, limit_bytes=5000)
+    assert gpu_payload.folder_size(tmp_path) == 5000
+    gpu_payload.check_size(tmp_path, limit_bytes=5000)
     with pytest.raises(ADInputError, match="over"):
-        pack_gpu_tier.check_size(tmp_path, limit_bytes=4999)
+        gpu_payload.check_size(tmp_path, limit_bytes=4999)
 
 
 def test_pack_helpers_wheel_rezip_archive_roundtrip_and_verify(tmp_path):
@@ -433,7 +438,7 @@ def test_pack_helpers_wheel_rezip_archive_roundtrip_and_verify(tmp_path):
                                                "pkg-1.0.dist-info/RECORD,,\n")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    assert pack_gpu_tier._stored_copy(src, wheels / src.name, re.compile(r"pkg/(?:[^/]+/)*tests/")) == 1
+    assert stored_copy(src, wheels / src.name, re.compile(r"pkg/(?:[^/]+/)*tests/")) == 1
     with zipfile.ZipFile(wheels / src.name) as z:
         assert z.namelist() == ["pkg/__init__.py", "pkg-1.0.dist-info/RECORD"]
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
@@ -441,29 +446,29 @@ def test_pack_helpers_wheel_rezip_archive_roundtrip_and_verify(tmp_path):
 
     payload = tmp_path / "payload"
     payload.mkdir()
-    pack_gpu_tier._write_tar_xz(wheels, payload / "wheels.tar.xz", delta=True)
-    pack_gpu_tier.extract(payload / "wheels.tar.xz", tmp_path / "unpacked")
+    gpu_payload.write_tar_xz(wheels, payload / "wheels.tar.xz", delta=True)
+    gpu_payload.extract(payload / "wheels.tar.xz", tmp_path / "unpacked")
     assert (tmp_path / "unpacked" / src.name).read_bytes() == (wheels / src.name).read_bytes()
 
     archive = payload / "wheels.tar.xz"
-    manifest = {"commit": "abc", "source_digest": pack_gpu_tier.source_digest(), "size_bytes": 1,
-                "files": {archive.name: {"bytes": archive.stat().st_size, "sha256": pack_gpu_tier._sha256(archive)}}}
+    manifest = {"commit": "abc", "source_digest": gpu_payload.source_digest(), "size_bytes": 1,
+                "files": {archive.name: {"bytes": archive.stat().st_size, "sha256": sha256_of(archive)}}}
     (payload / "manifest.json").write_text(json.dumps(manifest))
-    assert pack_gpu_tier.verify(payload)["commit"] == "abc"
+    assert gpu_payload.verify(payload)["commit"] == "abc"
     (payload / "manifest.json").write_text(json.dumps(dict(manifest, source_digest="0" * 64)))
     with pytest.raises(ADInputError, match="other sources"):
-        pack_gpu_tier.verify(payload)
+        gpu_payload.verify(payload)
     (payload / "manifest.json").write_text(json.dumps(manifest))
     archive.write_bytes(archive.read_bytes()[:-1])
     with pytest.raises(ADInputError, match="differs from the manifest"):
-        pack_gpu_tier.verify(payload)
+        gpu_payload.verify(payload)
 
 
 def test_extra_trainers_are_ladder_rungs_with_the_same_budget(bench_dataset, tmp_path):
     ds = bench_dataset
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, extra=(
+    args = build_parser().parse_args(bench_args(ds, tmp_path, extra=(
         "--methods", "ad", "labeled_only", "--extra_trainers", "nnUNetTrainerNoDeepSupervision", "ADTrainer_paper")))
-    bench = rsb.Benchmark(args, "cmd")
+    bench = Benchmark(args, "cmd")
     assert [bench.trainer(m) for m in bench.methods] == [
         "BenchADTrainer_2x2_ddim2", "BenchnnUNetTrainer_2x2", "BenchnnUNetTrainerNoDeepSupervision_2x2",
         "BenchADTrainer_paper_2x2_ddim2"]
@@ -476,15 +481,15 @@ def test_extra_trainers_are_ladder_rungs_with_the_same_budget(bench_dataset, tmp
     assert issubclass(namespace["BenchADTrainer_paper_2x2_ddim2"], ADTrainer_paper)
     assert issubclass(namespace["BenchnnUNetTrainerNoDeepSupervision_2x2"], nnUNetTrainerNoDeepSupervision)
     with pytest.raises(ADInputError, match="no such trainer class"):
-        rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
+        Benchmark(build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
             "--extra_trainers", "NoSuchTrainer"))), "cmd")
 
 
 def test_ad_trainer_variant_is_the_ad_method_with_the_budget(bench_dataset, tmp_path):
     ds = bench_dataset
-    args = rsb.build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
+    args = build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=(
         "--warm_start_steps", "2", "--methods", "ad", "labeled_only", "--ad_trainer", "ADTrainer_finetune")))
-    bench = rsb.Benchmark(args, "cmd")
+    bench = Benchmark(args, "cmd")
     assert [bench.trainer(m) for m in bench.methods] == [
         "BenchnnUNetTrainer_2x2", "BenchADTrainer_finetune_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
     assert bench.methods[1].label == "A&D (ADTrainer_finetune)" and bench.config()["ad_trainer"] == "ADTrainer_finetune"
@@ -494,6 +499,6 @@ def test_ad_trainer_variant_is_the_ad_method_with_the_budget(bench_dataset, tmp_
     from ad_nnunet.training.variants import ADTrainer_finetune
     assert issubclass(namespace["BenchADTrainer_finetune_1x2_ddim2"], ADTrainer_finetune)
     with pytest.raises(ADInputError, match="is not an A&D trainer"):
-        rsb.Benchmark(rsb.build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
+        Benchmark(build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
             "--ad_trainer", "nnUNetTrainerNoDeepSupervision"))), "cmd")
 

@@ -2,23 +2,19 @@
 source."""
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from ad_nnunet.benchmark.pipeline import Benchmark
 from ad_nnunet.dataset_conversion import prepare_acdc
 from ad_nnunet.dataset_conversion.domain_dataset import patient_group
+from ad_nnunet.entrypoints.benchmark import build_parser
 from ad_nnunet.entrypoints.datasets import prepare_acdc_entry
 from ad_nnunet.errors import ADInputError
 from conftest import shared_datasets_dir
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import run_ssl_benchmark as rsb  # noqa: E402
 
 GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
 # small counts for the 15-patient source (3 per group)
@@ -162,10 +158,10 @@ def test_cli_prints_next_command_and_runner_accepts_the_dataset(fake_source, tmp
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(raw if var == "nnUNet_raw" else tmp_path / var))
     cmd = out.strip().splitlines()[-1].split()[2:]
-    args = rsb.build_parser().parse_args([a if a != "benchmark_runs/acdc_semidg_cpu" else str(tmp_path / "o")
-                                          for a in cmd])
+    args = build_parser().parse_args([a if a != "benchmark_runs/acdc_semidg_cpu" else str(tmp_path / "o")
+                                      for a in cmd])
     args.n_proc_da = 0
-    bench = rsb.Benchmark(args, "cmd")
+    bench = Benchmark(args, "cmd")
     assert bench.test == json.loads((raw / "Dataset123_ACDCdg" / "benchmark_split.json").read_text())["test"]
     split = json.loads((raw / "Dataset123_ACDCdg" / "benchmark_split.json").read_text())
     assert split["command"].startswith("adnnunet_prepare_acdc semidg")
