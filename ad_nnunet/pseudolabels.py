@@ -159,7 +159,7 @@ class PsiLogits(_StreamOfADNet):
 
 
 class DiffusionLogits(_StreamOfADNet):
-    """D_xi's DDIM x0 logits for x, as ``ADTrainer.diffusion_pseudo_logits``; ``generator`` (on the model's device)
+    """D_xi's DDIM x0 logits for x, as ``DiffusionStream.sample`` in training; ``generator`` (on the model's device)
     draws x_T, so a reseeded generator repeats the sample."""
 
     def __init__(self, net: ADNet, schedule: LinearDiffusionSchedule, num_steps: int):

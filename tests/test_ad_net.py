@@ -4,14 +4,14 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from _net_helpers import configuration
 from ad_nnunet.export import unet_state_dict
-from ad_nnunet.network.ad_net import build_ad_network
+from ad_nnunet.network.ad_net import ADNet, ADNetWithoutDiffusion, build_ad_network
 
 NUM_CLASSES = 3
 
 
-def build(dim=3, arch="PlainConvUNet", with_diffusion=True):
+def build(dim=3, arch="PlainConvUNet", network_class=ADNet):
     torch.manual_seed(0)
-    return build_ad_network(None, configuration(dim, arch=arch), 1, NUM_CLASSES, with_diffusion=with_diffusion)
+    return build_ad_network(None, configuration(dim, arch=arch), 1, NUM_CLASSES, network_class=network_class)
 
 
 @pytest.mark.parametrize("dim,arch", [(3, "PlainConvUNet"), (2, "PlainConvUNet"), (3, "ResidualEncoderUNet")])
@@ -51,7 +51,8 @@ def test_decoders_start_identical_but_own_their_parameters():
         assert all(torch.equal(v, theta[k]) for k, v in twin.state_dict().items())
         assert not {id(p) for p in twin.parameters()} & {id(p) for p in net.decoder.parameters()}
     # the EMA of identical decoders is a fixed point: D_theta starts as a working network, not a blend of two
-    ema_blend_(net.decoder, [net.decoder_xi, net.decoder_psi], 0.99)
+    assert net.ema_sources == [net.decoder_xi, net.decoder_psi]
+    ema_blend_(net.decoder, net.ema_sources, 0.99)
     for k, v in net.decoder.state_dict().items():
         torch.testing.assert_close(v, theta[k])
     with torch.no_grad():
@@ -96,12 +97,17 @@ def test_timestep_conditions_the_denoiser_only():
 
 
 def test_without_diffusion_stream():
-    net = build(with_diffusion=False)
+    net = build(network_class=ADNetWithoutDiffusion)
     assert not any(k.startswith(("decoder_xi", "stem_diffusion", "time_embedding")) for k in net.state_dict())
     out = net(torch.randn(1, 1, 16, 16, 16), mode="train", x_unlabeled=torch.randn(1, 1, 16, 16, 16))
     assert set(out) == {"psi", "theta_u", "psi_u"}
+    assert net.ema_sources == [net.decoder_psi]
     with pytest.raises(RuntimeError):
         net(torch.randn(1, 1, 16, 16, 16), mode="denoise")
+    # the shared part is built from the same random draws as the full network's (the stream is built after it)
+    full = build().state_dict()
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, full[key]), key
 
 
 def test_unknown_mode():

@@ -161,12 +161,17 @@ def test_nan_loss_skips_the_step_and_training_goes_on(tiny):
 
 @pytest.mark.parametrize("strong_view", [False, True], ids=["same_view", "strong_view"])
 def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny, strong_view):
+    import types
+
+    from ad_nnunet.training.variants import ADTrainer_strongView
+
     trainer = make_trainer(tiny)
-    trainer.strong_unlabeled_view = strong_view
+    if strong_view:  # ADTrainer_strongView's hook, on the tiny schedule
+        trainer.forward_and_pseudo_label = types.MethodType(ADTrainer_strongView.forward_and_pseudo_label, trainer)
     trainer.on_train_start()
     batch = next(trainer.dataloader_train)
     unlabeled = next(trainer.dataloader_unlabeled)["data"]
-    logits_xi = trainer.diffusion_pseudo_logits(unlabeled)
+    logits_xi = trainer.diffusion.sample(unlabeled)
     assert not logits_xi.requires_grad
     terms = trainer.loss_terms(batch["data"], [t.long() for t in batch["target"]], unlabeled)
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -177,11 +182,11 @@ def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny,
     trainer.on_train_end()
 
 
-ABLATIONS = {
-    "ADTrainer_noSVDA": {"svda_labeled": False, "svda_unlabeled": False},
-    "ADTrainer_noDRS": {"use_difficulty_weights": False},
-    "ADTrainer_noRS": {"use_rs_fusion": False},
-    "ADTrainer_noDiffusion": {},
+ABLATIONS = {  # the hook each overrides (without the diffusion stream, the pseudo-label must do without D_xi)
+    "ADTrainer_noSVDA": {"svda_augmentation"},
+    "ADTrainer_noDRS": {"class_weights"},
+    "ADTrainer_noRS": {"pseudo_label"},
+    "ADTrainer_noDiffusion": {"diffusion_stream_class", "pseudo_label"},
 }
 IGNORED = {"logger", "log_file", "my_init_kwargs", "output_folder", "output_folder_base", "network",
            "optimizer", "lr_scheduler", "grad_scaler", "loss", "label_manager", "plans_manager",
@@ -194,16 +199,35 @@ def _differing_attributes(trainer, reference) -> dict:
     return {k: ours[k] for k in ours if k not in IGNORED and ours[k] != theirs.get(k)}
 
 
+def _own_members(cls) -> set:
+    """What a class body defines besides its docstring and module: the class attributes and hooks it changes."""
+    return {k for k in vars(cls) if not k.startswith("__")}
+
+
 def test_paper_recipe_differs_from_ADTrainer_in_the_supervised_half_only(tiny):
+    from ad_nnunet.method.svda import SVDATransform
+
     paper, default = make_trainer(tiny, "ADTrainer_paper"), make_trainer(tiny, "ADTrainer")
-    assert _differing_attributes(paper, default) == {"svda_labeled": True, "use_difficulty_weights": True}
+    assert _differing_attributes(paper, default) == {}
+    assert _own_members(type(paper)) == {"psi_deep_supervision", "labeled_augmentation", "class_weights"}
     assert type(default).psi_deep_supervision and not type(paper).psi_deep_supervision
+    paper.on_train_start()  # SVDA on the labeled batches, D_psi's loss weighted by DRS
+    assert any(isinstance(t, SVDATransform) for t in paper.dataloader_train.data_loader.transforms.transforms)
+    num_classes = paper.label_manager.num_segmentation_heads
+    logits, labels = torch.randn(2, num_classes, 8, 8, 8), torch.randint(0, num_classes, (2, 1, 8, 8, 8))
+    assert default.class_weights(logits, labels) is None
+    assert paper.class_weights(logits, labels).shape == (num_classes,)
+    assert int(paper.core.difficulty.num_updates) == 1
+    paper.on_train_end()
 
 
-def test_finetune_recipe_differs_from_ADTrainer_in_its_four_attributes(tiny):
+def test_finetune_recipe_is_the_strong_view_with_three_settings(tiny):
+    from ad_nnunet.training.variants import ADTrainer_strongView
+
     finetune, default = make_trainer(tiny, "ADTrainer_finetune"), make_trainer(tiny, "ADTrainer")
-    assert _differing_attributes(finetune, default) == {"initial_lr": 1e-3, "mu_rampup_epochs": 0,
-                                                        "strong_unlabeled_view": True, "num_epochs": 50}
+    assert _differing_attributes(finetune, default) == {"initial_lr": 1e-3, "mu_rampup_epochs": 0, "num_epochs": 50}
+    assert type(finetune).__bases__ == (ADTrainer_strongView,)
+    assert _own_members(ADTrainer_strongView) == {"forward_and_pseudo_label"}
     assert finetune.unlabeled_weight() == finetune.unlabeled_loss_weight  # no ramp: full weight at epoch 0
 
 
@@ -218,8 +242,7 @@ def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation
     assert isinstance(trainer.supervised_loss, DeepSupervisionWrapper)
     assert not any(isinstance(t, SVDATransform) for t in trainer.dataloader_train.data_loader.transforms.transforms)
     targets = [t.long() for t in batch["target"]]
-    x_t, t = trainer.noisy_labels(targets[0])
-    out = trainer.network(batch["data"], mode="train", x_t=x_t, t=t)
+    out = trainer.network(batch["data"], mode="train", **trainer.diffusion.noisy_labels(targets[0]))
     assert isinstance(out["psi"], list) and [o.shape[2:] for o in out["psi"]] == [t.shape[2:] for t in targets]
     # L_diff is exactly nnU-Net's loss of the same outputs
     assert torch.allclose(trainer.supervised_loss_of_psi(out["psi"], targets, None), trainer.supervised_loss(out["psi"], targets))
@@ -230,20 +253,32 @@ def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_differs_from_the_paper_recipe_only_in_its_part(tiny, name):
+    from ad_nnunet.network.ad_net import ADNetWithoutDiffusion
+
     reference, ablation = make_trainer(tiny, "ADTrainer_paper"), make_trainer(tiny, name)
-    assert _differing_attributes(ablation, reference) == ABLATIONS[name]
-    assert type(ablation).with_diffusion_stream == (name != "ADTrainer_noDiffusion")
+    assert _differing_attributes(ablation, reference) == {}
+    assert _own_members(type(ablation)) == ABLATIONS[name]
     # it trains (a few tiny steps)
     for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "ddim_steps"):
         setattr(ablation, key, {"num_epochs": 1, "num_iterations_per_epoch": 2,
                                 "num_val_iterations_per_epoch": 1, "ddim_steps": 2}[key])
     ablation.run_training()
-    assert len(ablation.logger.local_logger.my_fantastic_logging["L_u"]) == 1
+    log = ablation.logger.local_logger.my_fantastic_logging
+    assert len(log["L_u"]) == 1
+    assert isinstance(ablation.core, ADNetWithoutDiffusion) == (name == "ADTrainer_noDiffusion")
+    if name == "ADTrainer_noDiffusion":
+        assert log["L_deno"] == [0.0]
     if name == "ADTrainer_noDRS":
         assert torch.equal(ablation.core.difficulty.weights, torch.ones_like(ablation.core.difficulty.weights))
     if name == "ADTrainer_noSVDA":
         from ad_nnunet.method.svda import SVDATransform
         assert not any(isinstance(t, SVDATransform) for t in ablation.dataloader_train.data_loader.transforms.transforms)
+        assert not any(isinstance(t, SVDATransform)
+                       for t in ablation.dataloader_unlabeled.data_loader.transforms.transforms)
+    if name in ("ADTrainer_noRS", "ADTrainer_noDiffusion"):  # a plain argmax of D_xi's logits (of D_psi's)
+        logits_xi, logits_psi = torch.randn(2, 2, 3, 8, 8, 8)
+        taken = logits_xi if name == "ADTrainer_noRS" else logits_psi
+        assert torch.equal(ablation.pseudo_label(logits_xi, logits_psi), taken.argmax(1, keepdim=True))
 
 
 def test_dataset_without_unlabeled_cases_is_a_clear_error(tiny):

@@ -21,14 +21,16 @@ TRAINER = "ADTrainer_pltest"
 # ADTrainer_tiny shortened to one epoch of two steps, without the final validation: the test needs a checkpoint and
 # ad_split.json written by nnUNetv2_train, not a good model (keeps this file within about two minutes on 2 cores).
 TEST_TRAINER_MODULE = '''
-from ad_nnunet.training.variants import ADTrainer_tiny
+from ad_nnunet.training.variants import ADTrainer_tiny, make_variant
 
 
-class ADTrainer_pltest(ADTrainer_tiny):
-    overrides = {**ADTrainer_tiny.overrides, "num_epochs": 1, "num_iterations_per_epoch": 2}
-
+class ADTrainer_tinyNoFinalValidation(ADTrainer_tiny):
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass
+
+
+ADTrainer_pltest = make_variant("ADTrainer_pltest", ADTrainer_tinyNoFinalValidation, num_epochs=1,
+                                num_iterations_per_epoch=2)
 '''
 
 

@@ -13,5 +13,6 @@ from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_noRS,
     ADTrainer_noSVDA,
     ADTrainer_paper,
+    ADTrainer_strongView,
     ADTrainer_tiny,
 )

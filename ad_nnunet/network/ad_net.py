@@ -16,6 +16,8 @@ whose encoder and decoder become the shared encoder E and the unlabeled/inferenc
 - ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
   projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
 - ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
+- ``ADNetWithoutDiffusion``: the paper's ablation without the diffusion stream (no D_xi, no noisy-label stem, no
+  timestep embedding); it overrides the one hook that adds them, and D_theta then follows D_psi alone.
 - Deep supervision: only D_psi, the decoder trained on the labels, may use it (``psi_deep_supervision``), so that
   the supervised half of A&D is trained exactly as nnU-Net trains its U-Net. D_theta and D_xi output full
   resolution only; their deep-supervision heads exist (same state dict as nnU-Net's U-Net) but are frozen.
@@ -31,7 +33,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Optional
+from functools import partial
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -79,15 +82,16 @@ def _add_time(h: torch.Tensor, projection: nn.Linear, temb: torch.Tensor) -> tor
 
 
 class ADNet(nn.Module):
-    def __init__(self, unet: nn.Module, diffusion_stem: nn.Module, num_classes: int, with_diffusion: bool = True,
+    def __init__(self, unet: nn.Module, noisy_unet: Callable[[], nn.Module], num_classes: int,
                  psi_deep_supervision: bool = False):
+        """``unet``: nnU-Net's U-Net (E and D_theta); ``noisy_unet()`` builds one that takes image + x_t channels
+        (only its first block is kept, as the noisy-label stem)."""
         super().__init__()
         if not (hasattr(unet, "encoder") and hasattr(unet, "decoder") and hasattr(unet.encoder, "stages")
                 and hasattr(unet.decoder, "transpconvs")):
             raise TypeError(f"ADNet needs an nnU-Net U-Net with encoder.stages and a UNetDecoder; got "
                             f"{type(unet).__name__}. Use a PlainConvUNet or ResidualEncoderUNet configuration.")
         self.num_classes = num_classes
-        self.with_diffusion = with_diffusion
         self.encoder = unet.encoder
         self.decoder = unet.decoder  # D_theta
         _detach_encoder_reference(self.decoder, self.encoder)
@@ -99,13 +103,23 @@ class ADNet(nn.Module):
             self.decoder_psi.seg_layers.requires_grad_(True)
             self.decoder_psi.deep_supervision = True
         self.difficulty = DifficultyWeights(num_classes)
-        if with_diffusion:
-            self.decoder_xi = self._twin(self.decoder)
-            self.stem_diffusion = diffusion_stem
-            self.time_embedding = TimestepEmbedding()
-            self.temb_encoder = nn.ModuleList(nn.Linear(TIME_EMBED_DIM, c) for c in self.encoder.output_channels)
-            self.temb_decoder_xi = nn.ModuleList(
-                nn.Linear(TIME_EMBED_DIM, c) for c in list(self.encoder.output_channels[:-1])[::-1])
+        self.add_diffusion_stream(noisy_unet)
+
+    def add_diffusion_stream(self, noisy_unet: Callable[[], nn.Module]) -> None:
+        """D_xi, the image+noisy-label stem and the timestep embedding with its per-stage projections."""
+        self.decoder_xi = self._twin(self.decoder)
+        noisy_encoder = noisy_unet().encoder
+        self.stem_diffusion = noisy_encoder.stem if getattr(noisy_encoder, "stem", None) is not None \
+            else noisy_encoder.stages[0]
+        self.time_embedding = TimestepEmbedding()
+        self.temb_encoder = nn.ModuleList(nn.Linear(TIME_EMBED_DIM, c) for c in self.encoder.output_channels)
+        self.temb_decoder_xi = nn.ModuleList(
+            nn.Linear(TIME_EMBED_DIM, c) for c in list(self.encoder.output_channels[:-1])[::-1])
+
+    @property
+    def ema_sources(self) -> List[nn.Module]:
+        """The decoders D_theta follows: theta <- m theta + (1 - m) mean(their parameters)."""
+        return [self.decoder_xi, self.decoder_psi]
 
     def _twin(self, decoder: nn.Module) -> nn.Module:
         """A decoder with ``decoder``'s weights (module docstring: why the decoders start identical).
@@ -149,8 +163,6 @@ class ADNet(nn.Module):
 
     def denoise(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """D_xi's x0 prediction (class logits) from image x, noisy label x_t and timestep t."""
-        if not self.with_diffusion:
-            raise RuntimeError("this ADNet was built without the diffusion stream")
         temb = self.time_embedding(t)
         return self.decode_xi(self.encode_noisy(x, x_t, temb), temb)
 
@@ -168,7 +180,7 @@ class ADNet(nn.Module):
         mode "psi":     D_psi(E(x)) at full resolution (the teacher's logits on an unlabeled batch).
         mode "denoise": D_xi(E_noisy(x, x_t, t)) logits (DDIM sampling).
         mode "train":   dict with the gradient-carrying outputs of one A&D step:
-            "xi":      D_xi on the labeled batch's noisy labels (if the diffusion stream exists),
+            "xi":      D_xi on the labeled batch's noisy labels (when ``x_t`` and ``t`` are given),
             "psi":     D_psi(E(x)) on the labeled batch (with ``psi_deep_supervision``: nnU-Net's list of
                        outputs, full resolution first),
             "theta_u": D_theta(E(x_u)) on the unlabeled batch,
@@ -183,7 +195,7 @@ class ADNet(nn.Module):
             return self.denoise(x, x_t, t)
         if mode == "train":
             out: Dict[str, torch.Tensor] = {"psi": self.decoder_psi(self.encode(x))}
-            if self.with_diffusion:
+            if x_t is not None:
                 out["xi"] = self.denoise(x, x_t, t)
             if x_unlabeled is not None:
                 skips_u = self.encode(x_unlabeled)
@@ -195,9 +207,24 @@ class ADNet(nn.Module):
         raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'psi', 'denoise' or 'train'")
 
 
+class ADNetWithoutDiffusion(ADNet):
+    """ADNet without the diffusion stream (the paper's ablation): E, D_theta and D_psi; theta <- EMA of psi."""
+
+    def add_diffusion_stream(self, noisy_unet: Callable[[], nn.Module]) -> None:
+        """Adds nothing (and builds no second U-Net)."""
+
+    @property
+    def ema_sources(self) -> List[nn.Module]:
+        return [self.decoder_psi]
+
+    def denoise(self, x: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this ADNet was built without the diffusion stream")
+
+
 def build_ad_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int,
-                     with_diffusion: bool = True, psi_deep_supervision: bool = False) -> ADNet:
-    """ADNet from nnU-Net's plans: nnU-Net builds the U-Net (and a second one, for the image+label stem)."""
+                     psi_deep_supervision: bool = False, network_class: type = ADNet) -> ADNet:
+    """``network_class`` (ADNet or ADNetWithoutDiffusion) from nnU-Net's plans: nnU-Net builds the U-Net (and,
+    for the diffusion stream, a second one whose first block becomes the image+label stem)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     def unet(in_channels: int) -> nn.Module:
@@ -206,9 +233,5 @@ def build_ad_network(plans_manager, configuration_manager, num_input_channels: i
             configuration_manager.network_arch_init_kwargs_req_import, in_channels, num_classes,
             allow_init=True, deep_supervision=False)
 
-    net = unet(num_input_channels)
-    stem = None
-    if with_diffusion:
-        noisy_encoder = unet(num_input_channels + num_classes).encoder
-        stem = noisy_encoder.stem if getattr(noisy_encoder, "stem", None) is not None else noisy_encoder.stages[0]
-    return ADNet(net, stem, num_classes, with_diffusion=with_diffusion, psi_deep_supervision=psi_deep_supervision)
+    return network_class(unet(num_input_channels), partial(unet, num_input_channels + num_classes), num_classes,
+                         psi_deep_supervision=psi_deep_supervision)

@@ -12,12 +12,24 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
 
 Only D_theta (with the shared encoder) is used for validation and prediction: ``network(x)`` is D_theta(E(x)).
 Everything else is nnU-Net's: plans, preprocessing, patch sampling, optimizer, poly LR, validation, export.
+
+Each part a recipe or ablation changes is one hook, overridden in a few lines (variants.py):
+
+    diffusion_stream_class    D_xi's part of the step (diffusion_stream.py); ADTrainer_noDiffusion: NoDiffusionStream
+    pseudo_label              y_hat from D_xi's DDIM logits and D_psi's logits: RS; ADTrainer_noRS: argmax of D_xi's
+    forward_and_pseudo_label  the train forward and y_hat: D_theta learns y_hat on the unlabeled batch itself;
+                              ADTrainer_strongView (and ADTrainer_finetune): on a strong view of it
+    class_weights             per-class weights of D_psi's loss: none; ADTrainer_paper: DRS
+    labeled_augmentation      labeled batches: nnU-Net's augmentation; ADTrainer_paper: SVDA
+    svda_augmentation         SVDA over nnU-Net's pipeline (unlabeled batches); ADTrainer_noSVDA: nnU-Net's pipeline
+
+Settings (schedule, mu, DDIM steps, ...) are attributes set in ``__init__``; a variant changes them with
+``make_variant`` (variants.py), which stores them in ``overrides``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sys
 from dataclasses import asdict
 from functools import partial
@@ -44,25 +56,25 @@ from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabel
 from ad_nnunet.data.worker_exit import exiting_with_parent
 from ad_nnunet.errors import ADInputError, report_input_errors_plainly
 from ad_nnunet.method.decoupling import ema_blend_
-from ad_nnunet.method.diffusion import LinearDiffusionSchedule, encode_labels
 from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
-from ad_nnunet.method.rs_fusion import GaussianSmoothing, argmax_pseudo_label, rs_pseudo_label
-from ad_nnunet.method.strong_view import strong_view
+from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.method.svda import svda_training_transforms
 from ad_nnunet.network.ad_net import ADNet, build_ad_network
+from ad_nnunet.training.diffusion_stream import DiffusionStream
 from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
+from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_FORMAT = 1
 
 
 class ADTrainer(nnUNetTrainer):
     # A class attribute, not an instance one: nnU-Net's predictor builds the network through the class without
-    # instantiating the trainer, and the checkpoint's keys depend on whether the diffusion stream exists.
-    with_diffusion_stream = True
+    # instantiating the trainer, and the network (so the checkpoint's keys) is the stream's.
+    diffusion_stream_class = DiffusionStream
     # D_psi is trained as nnU-Net trains its U-Net, deep supervision included. A class attribute as well: which
     # parameters are trainable (and so what DDP expects gradients for) depends on it.
     psi_deep_supervision = True
-    # Variants override attributes set in __init__ by name (see variants.py).
+    # A variant's settings, applied at the end of the settings in __init__ (declared with make_variant, variants.py).
     overrides: Dict[str, object] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -88,20 +100,13 @@ class ADTrainer(nnUNetTrainer):
         self.mu_rampup_epochs: Optional[float] = None  # None: the whole run (official default)
         self.diffusion_timesteps = 1000
         self.ddim_steps = 10
-        self.svda_labeled = False           # labeled batches: nnU-Net's augmentation (the paper: SVDA)
-        self.svda_unlabeled = True          # unlabeled batches: SVDA, as in the paper
         self.svda_num_ops = 3
         self.svda_p_op = 0.7
-        self.use_difficulty_weights = False  # DRS weights on D_psi's loss (the paper: on)
-        self.use_rs_fusion = True
-        self.strong_unlabeled_view = False  # D_theta learns the pseudo-label on a strong view (strong_view.py)
         self.gumbel_tau = 1.0
         self.smoothing_kernel_size = 3
         self.smoothing_sigma = 1.0
         self.seed = 12345
-        for name, value in self.overrides.items():
-            if not hasattr(self, name):
-                raise AttributeError(f"{type(self).__name__}.overrides names unknown attribute {name!r}")
+        for name, value in self.overrides.items():  # checked by make_variant
             setattr(self, name, value)
 
         self.dataloader_unlabeled = None
@@ -109,7 +114,7 @@ class ADTrainer(nnUNetTrainer):
         self.skipped_steps = 0
         for key in AD_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging[key] = []
-        self._seed_everything(self.seed + self.local_rank)
+        seed_everything(self.seed + self.local_rank)
         # nnUNetv2_train's entry point is nnU-Net's: bad input raised during training setup still reads as a message
         report_input_errors_plainly(os.path.basename(sys.argv[0]) or "nnUNetv2_train")
 
@@ -118,8 +123,8 @@ class ADTrainer(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> ADNet:
         return build_ad_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                with_diffusion=cls.with_diffusion_stream,
-                                psi_deep_supervision=cls.psi_deep_supervision)
+                                psi_deep_supervision=cls.psi_deep_supervision,
+                                network_class=cls.diffusion_stream_class.network_class)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """No-op: D_theta and D_xi never use deep supervision, D_psi always does when ``psi_deep_supervision``."""
@@ -149,7 +154,7 @@ class ADTrainer(nnUNetTrainer):
         super().initialize()
         with self._nnunet_deep_supervision_for_psi():
             self.supervised_loss = self._build_loss()  # nnU-Net's Dice+CE (deep-supervised with psi_deep_supervision)
-        self.diffusion = LinearDiffusionSchedule(self.diffusion_timesteps)
+        self.diffusion = self.diffusion_stream_class(self)
         num_classes = self.label_manager.num_segmentation_heads
         self.smoothing = GaussianSmoothing(num_classes, self.smoothing_kernel_size, self.smoothing_sigma,
                                            dim=len(self.configuration_manager.patch_size)).to(self.device)
@@ -158,14 +163,21 @@ class ADTrainer(nnUNetTrainer):
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                                 foreground_labels=None, regions=None, ignore_label=None):
-        """Labeled batches: nnU-Net's pipeline (SVDA with ``svda_labeled``) plus D_psi's deep-supervision targets."""
+        """Labeled batches: nnU-Net's pipeline with D_psi's deep-supervision targets, through labeled_augmentation."""
         with self._nnunet_deep_supervision_for_psi():
             deep_supervision_scales = self._get_deep_supervision_scales()
         base = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                                do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded,
                                                foreground_labels, regions, ignore_label)
-        return exiting_with_parent(svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
-                                   if self.svda_labeled else base)
+        return exiting_with_parent(self.labeled_augmentation(base, patch_size))
+
+    def labeled_augmentation(self, transforms, patch_size):
+        """Hook: the labeled batches' pipeline made from nnU-Net's ``transforms``: nnU-Net's own."""
+        return transforms
+
+    def svda_augmentation(self, transforms, patch_size):
+        """Hook: SVDA in place of nnU-Net's spatial and intensity transforms of ``transforms`` (svda.py)."""
+        return svda_training_transforms(transforms, patch_size, self.svda_num_ops, self.svda_p_op)
 
     def get_validation_transforms(self, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
                                   regions=None, ignore_label=None):
@@ -173,13 +185,12 @@ class ADTrainer(nnUNetTrainer):
                                                                      foreground_labels, regions, ignore_label))
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, mirror_axes, do_dummy_2d_data_aug):
-        """Unlabeled batches: SVDA over nnU-Net's pipeline (nnU-Net's own with ``svda_unlabeled = False``)."""
+        """Unlabeled batches: svda_augmentation of nnU-Net's pipeline."""
         base = nnUNetTrainer.get_training_transforms(
             patch_size, rotation_for_DA, None, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
             foreground_labels=self.label_manager.foreground_labels)
-        return exiting_with_parent(svda_training_transforms(base, patch_size, self.svda_num_ops, self.svda_p_op)
-                                   if self.svda_unlabeled else base)
+        return exiting_with_parent(self.svda_augmentation(base, patch_size))
 
     def do_split(self):
         fold_split = None if self.fold == "all" else load_fold(self.plans_manager.dataset_name, self.fold)
@@ -272,25 +283,27 @@ class ADTrainer(nnUNetTrainer):
     def loss_terms(self, image: torch.Tensor, target: List[torch.Tensor], unlabeled: torch.Tensor) -> Dict:
         """L_deno, L_diff and L_u for one labeled batch (targets per deep-supervision scale, full resolution first)
         and one unlabeled batch (plus diagnostics)."""
-        full = target[0]
-        logits_xi_u = self.diffusion_pseudo_logits(unlabeled) if self.with_diffusion_stream else None
-        x_t, t = self.noisy_labels(full) if self.with_diffusion_stream else (None, None)
-        if self.strong_unlabeled_view:  # the teacher sees the batch, D_theta a strong view of it (strong_view.py)
-            with torch.no_grad():
-                pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"))
-            student, pseudo = strong_view(unlabeled, pseudo)  # global torch RNG: seeded, saved on resume
-            out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=student, psi_on_unlabeled=False)
-        else:
-            out = self.network(image, mode="train", x_t=x_t, t=t, x_unlabeled=unlabeled)
-            pseudo = self.pseudo_label(logits_xi_u, out["psi_u"])
-        labeled_for_drs = out["xi"] if self.with_diffusion_stream else ADNet.full_resolution(out["psi"])
-        weights = self.core.difficulty.update(labeled_for_drs.detach().float(), full) \
-            if self.use_difficulty_weights else None
-        zero = out["theta_u"].new_zeros(())
-        return {"L_deno": dice_ce_loss(out["xi"], full) if self.with_diffusion_stream else zero,
+        labels = target[0]
+        logits_xi_u = self.diffusion.sample(unlabeled)  # before the noisy labels: the seeded random draws' order
+        out, pseudo = self.forward_and_pseudo_label(image, self.diffusion.noisy_labels(labels), unlabeled, logits_xi_u)
+        weights = self.class_weights(self.diffusion.labeled_prediction(out), labels)
+        return {"L_deno": self.diffusion.loss(out, labels),
                 "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),
                 "L_u": dice_ce_loss(out["theta_u"], pseudo),
                 "pseudo_fg_fraction": float((pseudo > 0).float().mean())}
+
+    def forward_and_pseudo_label(self, image: torch.Tensor, noisy_labels: Dict[str, torch.Tensor],
+                                 unlabeled: torch.Tensor, logits_xi_u: Optional[torch.Tensor]
+                                 ) -> Tuple[Dict, torch.Tensor]:
+        """Hook: the step's train forward (ADNet.forward) and y_hat. D_theta learns y_hat on the unlabeled batch the
+        teacher saw; D_psi's teacher logits come from the same encoder pass."""
+        out = self.network(image, mode="train", **noisy_labels, x_unlabeled=unlabeled)
+        return out, self.pseudo_label(logits_xi_u, out["psi_u"])
+
+    def class_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Hook: per-class weights of D_psi's loss from the labeled prediction ``logits`` (the diffusion stream's
+        labeled_prediction); None: unweighted."""
+        return None
 
     def supervised_loss_of_psi(self, output, target: List[torch.Tensor], class_weights: Optional[torch.Tensor]):
         """nnU-Net's loss of D_psi; with DRS weights, the class-weighted Dice+CE at every deep-supervision scale
@@ -304,30 +317,11 @@ class ADTrainer(nnUNetTrainer):
 
     @torch.no_grad()
     def update_decoupled_decoder(self):
-        net = self.core
-        sources = [net.decoder_xi, net.decoder_psi] if self.with_diffusion_stream else [net.decoder_psi]
-        ema_blend_(net.decoder, sources, self.ema_momentum)
-
-    def noisy_labels(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """q(x_t | x_0) for x_0 = 2 onehot(y) - 1 at uniformly drawn timesteps."""
-        x0 = encode_labels(target, self.label_manager.num_segmentation_heads)
-        t = self.diffusion.sample_timesteps(x0.shape[0], self.device)
-        return self.diffusion.q_sample(x0, t), t
-
-    @torch.no_grad()
-    def diffusion_pseudo_logits(self, unlabeled: torch.Tensor) -> torch.Tensor:
-        """DDIM sampling of D_xi's x0 logits on the unlabeled batch (no gradient)."""
-        shape = (unlabeled.shape[0], self.label_manager.num_segmentation_heads, *unlabeled.shape[2:])
-        return self.diffusion.ddim_sample(
-            lambda x_t, t: self.network(unlabeled, mode="denoise", x_t=x_t, t=t), shape,
-            num_steps=self.ddim_steps, device=self.device)
+        ema_blend_(self.core.decoder, self.core.ema_sources, self.ema_momentum)
 
     @torch.no_grad()
     def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
-        if logits_xi is None:  # no diffusion stream: D_psi alone
-            return argmax_pseudo_label(logits_psi)
-        if not self.use_rs_fusion:  # the "without RS" ablation: plain argmax of the diffusion stream
-            return argmax_pseudo_label(logits_xi)
+        """Hook: y_hat from D_xi's DDIM logits and D_psi's logits on the unlabeled batch: RS (rs_fusion.py)."""
         return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau)
 
     def unlabeled_weight(self) -> float:
@@ -384,7 +378,7 @@ class ADTrainer(nnUNetTrainer):
         tmp = filename + ".tmp"
         super().save_checkpoint(tmp)
         checkpoint = load_checkpoint(tmp)
-        checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": _rng_state(),
+        checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": rng_state(),
                                   "skipped_steps": self.skipped_steps}
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
@@ -396,25 +390,4 @@ class ADTrainer(nnUNetTrainer):
         ad_state = load_checkpoint(filename_or_checkpoint).get("ad_state")
         if ad_state is not None:
             self.skipped_steps = ad_state["skipped_steps"]
-            _set_rng_state(ad_state["rng"])
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+            set_rng_state(ad_state["rng"])
