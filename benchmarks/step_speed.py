@@ -1,9 +1,11 @@
 """Seconds per training step of ADTrainer vs nnUNetTrainer, and prediction time of both, in one run.
 
-Both trainers are built by nnU-Net's own lookup on the same plans, dataset, batch size and device. A step is timed
-from the moment its batch is in memory until the optimizer has stepped (CUDA synchronised), so data loading is
-excluded for both. Prediction times nnU-Net's sliding-window predictor on the same preprocessed case with each
-trained network (random weights are enough: the cost does not depend on them).
+Both trainers are variants made with ``make_variant`` (ad_nnunet/training/variants.py), as every configured trainer
+is: nnUNetTrainer as it is, ADTrainer with ``--ddim_steps``, under names of their own so that a timing run never
+overwrites a trained model's checkpoints in nnUNet_results. Both use the same plans, dataset, batch size and device.
+A step is timed from the moment its batch is in memory until the optimizer has stepped (CUDA synchronised), so data
+loading is excluded for both. Prediction times nnU-Net's sliding-window predictor on the same preprocessed case with
+each trained network (random weights are enough: the cost does not depend on them).
 
     python benchmarks/step_speed.py -d 990 -c 3d_tiny --steps 10 -device cpu [--ddim_steps 10] [-o result.json]
 
@@ -20,11 +22,28 @@ import time
 
 import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from ad_nnunet.training.ad_trainer import ADTrainer
+from ad_nnunet.training.variants import make_variant
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def build_trainer(trainer_class: type, dataset: str, configuration: str, plans_identifier: str,
+                  device: torch.device) -> nnUNetTrainer:
+    """``trainer_class`` on fold 0 of a planned and preprocessed dataset, as nnU-Net's ``get_trainer_from_args``
+    builds the class it looks up by name (a class made here is in no folder that lookup searches)."""
+    folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
+    plans = {**load_json(join(folder, plans_identifier + ".json")), "continue_training": False}
+    return trainer_class(plans=plans, configuration=configuration, fold=0,
+                         dataset_json=load_json(join(folder, "dataset.json")), device=device)
 
 
 def time_training_steps(trainer, steps: int, warmup: int) -> list:
@@ -68,8 +87,6 @@ def time_prediction(trainer, case: np.ndarray, repeats: int, tta: bool) -> float
 
 
 def main(argv=None) -> dict:
-    from ad_nnunet import ext_trainer_dir
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", required=True, help="dataset id or name (planned and preprocessed)")
     parser.add_argument("-c", default="3d_fullres", help="configuration")
@@ -83,9 +100,6 @@ def main(argv=None) -> dict:
     parser.add_argument("-o", default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("nnUNet_extTrainer", ext_trainer_dir())
-    from nnunetv2.run.run_training import get_trainer_from_args
-
     device = torch.device(args.device)
     result = {"dataset": str(args.d), "configuration": args.c, "device": str(device), "steps": args.steps,
               "ddim_steps": args.ddim_steps, "tta": args.tta, "torch": torch.__version__,
@@ -93,12 +107,12 @@ def main(argv=None) -> dict:
               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()}
+    trainer_classes = {"nnUNetTrainer": make_variant("nnUNetTrainer_stepSpeed", nnUNetTrainer),
+                       "ADTrainer": make_variant("ADTrainer_stepSpeed", ADTrainer, ddim_steps=args.ddim_steps)}
     case = None
-    for name in ("nnUNetTrainer", "ADTrainer"):
+    for name, trainer_class in trainer_classes.items():
         torch.manual_seed(0)
-        trainer = get_trainer_from_args(str(args.d), args.c, 0, name, args.p, device=device)
-        if name == "ADTrainer":
-            trainer.ddim_steps = args.ddim_steps
+        trainer = build_trainer(trainer_class, str(args.d), args.c, args.p, device)
         times = time_training_steps(trainer, args.steps, args.warmup)
         if case is None:
             dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder)
