@@ -8,6 +8,7 @@ One module per stage of the pipeline (setup.py's console_scripts point at them):
   adnnunet_preprocess_unlabeled;
 * :mod:`.results`: trained models and their predictions: adnnunet_warm_start, adnnunet_export,
   adnnunet_pseudolabels, adnnunet_rank_unlabeled, adnnunet_evaluate;
+* :mod:`.benchmark`: adnnunet_benchmark and the GPU-tier packer (``ad_nnunet.benchmark``);
 * :mod:`.demo`: adnnunet_demo, the whole path on a phantom.
 * :mod:`.benchmark`: adnnunet_benchmark (A&D vs. nnU-Net at the same step budget) and the GPU-tier packer.
 

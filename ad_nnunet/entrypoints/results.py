@@ -46,7 +46,7 @@ def warm_start_entry(argv: Optional[Sequence[str]] = None) -> int:
         "Write an epoch-0 checkpoint of a trainer initialised from a trained nnUNetTrainer model, then continue with "
         "`nnUNetv2_train D C F -tr TRAINER --c`. An A&D trainer (default) starts with every decoder computing that "
         "model; a plain nnU-Net trainer (e.g. one with a lower learning rate) continues the model itself, the matched "
-        "control of an A&D fine-tuning run.", "fold of the new run")
+        "control of an A&D fine-tuning run.", fold_help="fold of the new run")
     p.add_argument("-i", required=True, help="nnU-Net checkpoint of the same configuration, e.g. "
                                              ".../nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in that fold")
@@ -72,7 +72,7 @@ def export_entry(argv: Optional[Sequence[str]] = None) -> int:
         "adnnunet_export",
         "Write an A&D model as a stock nnU-Net model (trainer nnUNetTrainer: shared encoder + D_theta) that plain "
         "nnU-Net predicts with, without ad-nnunet installed.",
-        "fold(s), e.g. -f 0 1 2 3 4 (an ensemble, as in nnU-Net)", nargs="+")
+        fold_help="fold(s), e.g. -f 0 1 2 3 4 (an ensemble, as in nnU-Net)", nargs="+")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint to export (default checkpoint_final.pth)")
     p.add_argument("-o", required=True, help="output root, used like nnUNet_results (nnUNet_results=DIR "
                                              "nnUNetv2_predict -d D -c C -f F)")
@@ -97,7 +97,7 @@ def pseudolabels_entry(argv: Optional[Sequence[str]] = None) -> int:
         "Write, for every unlabeled case of an A&D run's fold, the fused pseudo-label as training makes it (in the "
         "scan's original geometry), a PNG overlay, and scores (foreground volume, confidence, D_xi/D_psi agreement, "
         "DDIM spread); index.html shows them all, pseudolabels.csv ranks them (1 = label this scan next). A rerun "
-        "skips finished cases.", "fold of the A&D run (its fold_F/ad_split.json lists the unlabeled cases)")
+        "skips finished cases.", fold_help="fold of the A&D run (its fold_F/ad_split.json lists the unlabeled cases)")
     p.add_argument("-o", required=True, help="output folder (new or empty, or one this command made for the same "
                                              "model and settings)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint (default checkpoint_final.pth)")
