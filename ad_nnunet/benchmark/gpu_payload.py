@@ -130,7 +130,8 @@ def pack(source: Path, out: Path, cache: Path, python_version: str = "3.12", fac
                            f"pass its folder with --source.")
     m = re.fullmatch(r"Dataset(\d{3})_(.+)", source.name)
     if m is None:
-        raise ADInputError(f"{source.name} is not an nnU-Net dataset folder name. Fix: pass the DatasetXXX_Name folder.")
+        raise ADInputError(f"{source.name} is not an nnU-Net dataset folder name. Fix: pass the DatasetXXX_Name "
+                           f"folder.")
     dataset_id = dataset_id or int(m.group(1)) + 10
     t0 = time.time()
     log = cache / "pack.log"

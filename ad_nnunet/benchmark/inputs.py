@@ -131,7 +131,8 @@ class BenchmarkInputs:
         missing = [c for c in self.labeled + self.unlabeled if c not in set(train_ids)]
         if missing:
             raise ADInputError(f"Case(s) {missing[:5]} of the lists are not in {self.raw / 'imagesTr'}. Fix: list "
-                               f"imagesTr cases only (the unlabeled list names imagesTr cases whose labels are hidden).")
+                               f"imagesTr cases only (the unlabeled list names imagesTr cases whose labels are "
+                               f"hidden).")
         leaked = sorted(set(self.test) & (set(train_ids) | set(unl_ids)))
         if leaked:
             raise ADInputError(f"Hold-out case(s) {leaked[:5]} are also in imagesTr/imagesUnlabeled of "

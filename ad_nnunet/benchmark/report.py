@@ -29,7 +29,8 @@ MEANINGFUL_GAP = 0.01
 
 
 def gap_closure(dice_ad: Optional[float], dice_labeled: Optional[float], dice_full: Optional[float]) -> Optional[float]:
-    """``(D_ad - D_labeled) / (D_full - D_labeled)``; ``None`` when undefined (missing values or D_full <= D_labeled)."""
+    """``(D_ad - D_labeled) / (D_full - D_labeled)``; ``None`` when undefined (missing values or
+    D_full <= D_labeled)."""
     if None in (dice_ad, dice_labeled, dice_full) or any(math.isnan(x) for x in (dice_ad, dice_labeled, dice_full)):
         return None
     denominator = dice_full - dice_labeled
