@@ -19,6 +19,11 @@ class Method:
     base: Optional[str] = None  # trainer class the run subclasses (None: ADTrainer or nnUNetTrainer, by kind)
     base_module: Optional[str] = None  # where that class is defined
 
+    @property
+    def base_class(self) -> str:
+        """The name of the trainer class the run subclasses."""
+        return self.base or ("ADTrainer" if self.kind == "ad" else "nnUNetTrainer")
+
 
 def ladder_method(trainer_class: str) -> Method:
     """A run of any nnU-Net or A&D trainer class on fold 0 with the benchmark's budget (--extra_trainers), e.g.
