@@ -67,6 +67,12 @@ from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
 CHECKPOINT_FORMAT = 1
 
 
+def unwrapped_network(trainer: nnUNetTrainer) -> torch.nn.Module:
+    """``trainer.network`` without nnU-Net's DDP and ``torch.compile`` wrappers (as its ``load_checkpoint`` does)."""
+    net = trainer.network.module if trainer.is_ddp else trainer.network
+    return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+
 class ADTrainer(nnUNetTrainer):
     # A class attribute, not an instance one: nnU-Net's predictor builds the network through the class without
     # instantiating the trainer, and the network (so the checkpoint's keys) is the stream's.
@@ -147,8 +153,7 @@ class ADTrainer(nnUNetTrainer):
     @property
     def core(self) -> ADNet:
         """The ADNet behind the DDP / torch.compile wrappers (for state and EMA, never for forward passes)."""
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrapped_network(self)
 
     def initialize(self):
         super().initialize()

@@ -42,7 +42,7 @@ from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
 from ad_nnunet.network.ad_net import ADNet
-from ad_nnunet.training.ad_trainer import ADTrainer
+from ad_nnunet.training.ad_trainer import ADTrainer, unwrapped_network
 
 WARM_START_RECORD = "warm_start.json"
 
@@ -101,12 +101,6 @@ def read_nnunet_checkpoint(path: str) -> dict:
         raise ADInputError(f"{path} is not a readable nnU-Net checkpoint ({type(e).__name__}: {e}). Fix: pass a "
                            f"checkpoint_*.pth written by nnUNetv2_train.") from None
     return checkpoint
-
-
-def unwrapped_network(trainer) -> torch.nn.Module:
-    """``trainer.network`` without nnU-Net's DDP and ``torch.compile`` wrappers (as its ``load_checkpoint`` does)."""
-    net = trainer.network.module if trainer.is_ddp else trainer.network
-    return getattr(net, "_orig_mod", net)
 
 
 def load_unet_weights(net: torch.nn.Module, unet_state: Dict[str, torch.Tensor], source: str) -> None:
