@@ -157,7 +157,9 @@ def test_cli_prints_next_command_and_runner_accepts_the_dataset(fake_source, tmp
     # the printed command passes the runner's input checks (hold-out not in imagesTr, lists in imagesTr)
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(var, str(raw if var == "nnUNet_raw" else tmp_path / var))
-    cmd = out.strip().splitlines()[-1].split()[2:]
+    cmd = out.strip().splitlines()[-1].split()
+    assert cmd[0] == "adnnunet_benchmark"  # the installed command, not a source-checkout path
+    cmd = cmd[1:]
     args = build_parser().parse_args([a if a != "benchmark_runs/acdc_semidg_cpu" else str(tmp_path / "o")
                                       for a in cmd])
     args.n_proc_da = 0

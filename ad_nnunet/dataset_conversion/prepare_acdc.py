@@ -33,7 +33,7 @@ semidg    Dataset123_ACDCdg       domains = pathology groups (:func:`~.domain_da
                                   the training groups; unlabeled = the rest of the training groups.
 ========  ======================  ==============================================================================
 
-Each dataset gets ``splits/labeled.txt`` and ``splits/unlabeled.txt`` (case ids, for ``run_ssl_benchmark.py
+Each dataset gets ``splits/labeled.txt`` and ``splits/unlabeled.txt`` (case ids, for ``adnnunet_benchmark
 --labeled/--unlabeled``) and ``benchmark_split.json`` (setting, seed, recipe, parameters, patients and cases per
 split, per-group counts, source and command). It is built in a staging folder inside the raw root and renamed into
 place, so an interrupted run leaves no half-written dataset.
@@ -364,11 +364,11 @@ def prepare(setting: str, source: Path = DEFAULT_SOURCE, raw_root: Optional[Path
 
 
 def next_command(target: Path, setting: str, out: Optional[str] = None) -> str:
-    """The run_ssl_benchmark.py command of the CPU tier (docs/benchmarks.md) for a prepared dataset."""
+    """The adnnunet_benchmark command of the CPU tier (docs/benchmarks.md) for a prepared dataset."""
     from ad_nnunet.plans_presets import load_preset
 
     return shlex.join([
-        "python", "benchmarks/run_ssl_benchmark.py", "--dataset", target.name, "--setting", setting,
+        "adnnunet_benchmark", "--dataset", target.name, "--setting", setting,
         "--labeled", str(target / "splits" / "labeled.txt"), "--unlabeled", str(target / "splits" / "unlabeled.txt"),
         "--test_images", str(target / "imagesTs"), "--test_labels", str(target / "labelsTs"),
         "--preset", CPU_PRESET, "-c", load_preset(CPU_PRESET)["configuration_name"],

@@ -6,7 +6,7 @@ With the paper's lists L (labeled) and U (unlabeled) and a hold-out T of K cases
     imagesTr/labelsTr = L + (U \\ T)     (the labels of U \\ T are on disk for the fully supervised upper bound only;
                                          A&D and the labeled-only baseline never see them: ad_settings.json hides them)
     imagesTs/labelsTs = T               (never in nnU-Net's fingerprint, plans or training)
-    splits/labeled.txt, splits/unlabeled.txt   (L and U \\ T, for run_ssl_benchmark.py --labeled/--unlabeled)
+    splits/labeled.txt, splits/unlabeled.txt   (L and U \\ T, for adnnunet_benchmark --labeled/--unlabeled)
     benchmark_split.json                {labeled, unlabeled, test, seed, holdout, source lists}
 
 Files are hard links to the source where the file system allows it, else copies. The dataset is built in a staging

@@ -138,7 +138,7 @@ def prepare_la_entry(argv: Optional[Sequence[str]] = None) -> int:
         split = json.loads((target / prepare_la.SPLIT_FILENAME).read_text())
         print(f"{target}: {len(split['labeled'])} labeled + {len(split['unlabeled'])} unlabeled (labels hidden from "
               f"A&D) in imagesTr, {len(split['test'])} hold-out test cases in imagesTs ({split['files']})")
-        print(f"Next: python benchmarks/run_ssl_benchmark.py --dataset {target.name} "
+        print(f"Next: adnnunet_benchmark --dataset {target.name} "
               f"--labeled {target}/splits/labeled.txt --unlabeled {target}/splits/unlabeled.txt "
               f"--test_images {target}/imagesTs --test_labels {target}/labelsTs --out <DIR> ...")
     return report_input_errors(p.prog, body)
