@@ -90,6 +90,19 @@ def test_a_bad_setting_is_an_error_naming_it_and_the_fix(base, overrides, messag
         make_variant("BenchX", base, **overrides)
 
 
+def test_more_ddim_steps_than_diffusion_timesteps_is_an_error_when_the_trainer_is_built(tiny, bench_folder):
+    (bench_folder / "ddim_trainers.py").write_text(
+        "from ad_nnunet.training.ad_trainer import ADTrainer\n"
+        "from ad_nnunet.training.variants import make_variant\n"
+        "BenchTooManyDDIM = make_variant('BenchTooManyDDIM', ADTrainer, diffusion_timesteps=20, ddim_steps=21)\n"
+        "BenchAllDDIM = make_variant('BenchAllDDIM', ADTrainer, diffusion_timesteps=20, ddim_steps=20)\n")
+    # each setting is valid on its own (make_variant accepts both); together they are not
+    with pytest.raises(ADInputError, match=r"BenchTooManyDDIM: ddim_steps=21 is more than diffusion_timesteps=20\. "
+                                           r"Fix: set ddim_steps <= diffusion_timesteps"):
+        build(tiny, "BenchTooManyDDIM")
+    assert build(tiny, "BenchAllDDIM").ddim_steps == 20
+
+
 def test_a_bad_name_or_base_is_an_error():
     with pytest.raises(ADInputError, match=r"'Bench-X'.* not a Python identifier.*Fix"):
         make_variant("Bench-X", ADTrainer, num_epochs=8)

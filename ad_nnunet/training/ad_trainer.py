@@ -112,8 +112,12 @@ class ADTrainer(nnUNetTrainer):
         self.smoothing_kernel_size = 3
         self.smoothing_sigma = 1.0
         self.seed = 12345
-        for name, value in self.overrides.items():  # checked by make_variant
+        for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
+        if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
+            raise ADInputError(
+                f"{type(self).__name__}: ddim_steps={self.ddim_steps} is more than diffusion_timesteps="
+                f"{self.diffusion_timesteps}. Fix: set ddim_steps <= diffusion_timesteps (A&D samples 10 of 1000).")
 
         self.dataloader_unlabeled = None
         self.fold_split = None
