@@ -103,22 +103,28 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
     method = METHODS[1]
     stage = f"train_{method.key}"
     bench.state["stages"][stage] = {"status": "started", "attempts_s": [None]}  # as left by a killed run
-    calls = []
+    calls, epoch_ends = [], [1.0, 3.5]
 
     def fake_run_cmd(name, cmd):
         calls.append(cmd)
         folder = bench.model_folder(method)
         folder.mkdir(parents=True, exist_ok=True)
         import torch
-        torch.save({"current_epoch": 1, "logging": {"epoch_start_timestamps": [0.0, 2.0],
-                                                    "epoch_end_timestamps": [1.0, 3.5]}},
-                   folder / "checkpoint_final.pth")
+        torch.save({"current_epoch": len(epoch_ends) - 1, "logging": {
+            "epoch_start_timestamps": [0.0, 2.0, 4.0][:len(epoch_ends)], "epoch_end_timestamps": epoch_ends}},
+            folder / "checkpoint_final.pth")
         return 3.0
 
     monkeypatch.setattr(bench, "run_cmd", fake_run_cmd)
     entry = bench.stage(stage, bench.train(method))
     assert calls[0][-1] == "--c" and entry["wall_s"] == 3.0 and entry["epoch_time_s"] == 2.5
     assert json.loads((tmp_path / "out" / "state.json").read_text())["stages"][stage]["status"] == "done"
+    # a trainer that trained another number of epochs than the budget (its own num_epochs won) is refused
+    epoch_ends.append(5.0)
+    bench.state["stages"].pop(stage)
+    with pytest.raises(StageError, match=rf"stage '{stage}': {bench.trainer(method)} trained 3 epochs, the budget is "
+                                         r"2, .* Fix: set num_epochs .* with make_variant"):
+        bench.stage(stage, bench.train(method))
 
     monkeypatch.undo()
     bench.state["stages"].pop("plan", None)

@@ -182,9 +182,17 @@ class Benchmark(BenchmarkInputs, StageRunner):
             if not final.is_file():
                 raise StageError(f"stage 'train_{m.key}': {final} is missing after training. "
                                  f"See {self.logs / f'train_{m.key}.log'}.")
+            facts = self._checkpoint_facts(final)
+            planned = self.budget.epochs(self.budget.run_steps(m.key))
+            if facts["epochs_completed"] != planned:  # e.g. a base trainer that sets num_epochs after the variant's
+                raise StageError(
+                    f"stage 'train_{m.key}': {self.trainer(m)} trained {facts['epochs_completed']} epochs, the budget "
+                    f"is {planned}, so the runs would not be compared at the same budget. Fix: set num_epochs (and "
+                    f"num_iterations_per_epoch) of a --ad_trainer/--extra_trainers class with make_variant "
+                    f"(ad_nnunet/training/variants.py), not in its __init__; then rerun with a new --out.")
             # Attempts killed mid-way have no time (None); only completed attempts are summed.
             return {"command": shlex.join(cmd), "wall_s": round(sum(a for a in attempts if a), 2),
-                    "checkpoint": str(final), **self._checkpoint_facts(final)}
+                    "checkpoint": str(final), **facts}
         return run
 
     @staticmethod
