@@ -259,7 +259,7 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
         return 1.0
 
     monkeypatch.setattr(bench, "run_cmd", fake_run_cmd)
-    monkeypatch.setattr(bench, "_checkpoint_facts", lambda path: {})
+    monkeypatch.setattr(bench, "_checkpoint_facts", lambda path: {"epochs_completed": 1})  # A&D's budget: 2 steps
     ad = bench.methods[1]
     bench.model_folder(ad).mkdir(parents=True)
     (bench.model_folder(ad) / "checkpoint_final.pth").write_bytes(b"")
