@@ -8,6 +8,8 @@ from typing import Optional
 
 from ad_nnunet.errors import ADInputError
 
+# the trainer class a run of each kind subclasses unless it names another (Method.base)
+DEFAULT_BASE = {"ad": "ADTrainer", "nnunet": "nnUNetTrainer"}
 
 @dataclass(frozen=True)
 class Method:
@@ -22,7 +24,7 @@ class Method:
     @property
     def base_class(self) -> str:
         """The name of the trainer class the run subclasses."""
-        return self.base or ("ADTrainer" if self.kind == "ad" else "nnUNetTrainer")
+        return self.base or DEFAULT_BASE[self.kind]
 
 
 def ladder_method(trainer_class: str) -> Method:
@@ -102,6 +104,10 @@ class Budget:
             return self.finetune_steps
         return self.total_steps
 
+    def run_epochs(self, method_key: str) -> int:
+        """Epochs of one run (its trainer's num_epochs, and what its checkpoint must show after training)."""
+        return self.epochs(self.run_steps(method_key))
+
     def lr(self, method_key: str) -> Optional[float]:
         """The learning rate a run must use instead of its trainer's own (the fine-tuning runs), else None."""
         return self.finetune_lr if self.finetune_steps and method_key in FINETUNED else None
@@ -117,7 +123,7 @@ class Budget:
         tag = f"{self.epochs(self.steps if steps is None else steps)}x{self.iterations_per_epoch}"
         if lr is not None:  # e.g. 0.001 -> lr0p001, a valid class name
             tag += "_lr" + f"{lr:g}".replace(".", "p").replace("-", "m").replace("+", "")
-        base = base or ("ADTrainer" if kind == "ad" else "nnUNetTrainer")
+        base = base or DEFAULT_BASE[kind]
         return f"Bench{base}_{tag}_ddim{self.ddim_steps}" if kind == "ad" else f"Bench{base}_{tag}"
 
     def run_trainer(self, m: Method) -> str:

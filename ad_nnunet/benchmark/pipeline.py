@@ -183,7 +183,7 @@ class Benchmark(BenchmarkInputs, StageRunner):
                 raise StageError(f"stage 'train_{m.key}': {final} is missing after training. "
                                  f"See {self.logs / f'train_{m.key}.log'}.")
             facts = self._checkpoint_facts(final)
-            planned = self.budget.epochs(self.budget.run_steps(m.key))
+            planned = self.budget.run_epochs(m.key)
             if facts["epochs_completed"] != planned:  # e.g. a base trainer that sets num_epochs after the variant's
                 raise StageError(
                     f"stage 'train_{m.key}': {self.trainer(m)} trained {facts['epochs_completed']} epochs, the budget "

@@ -39,16 +39,16 @@ class SkipsFinalValidation:
 
 def trainer_module_source(budget: Budget, methods: Sequence[Method]) -> str:
     """The module's text: one variant per distinct trainer name (runs with the same budget share a class)."""
-    runs = {budget.run_trainer(m): (m, budget.run_steps(m.key)) for m in methods}
-    schedules = "; ".join(f"{name}: {budget.epochs(steps)} epochs x {budget.iterations_per_epoch} iterations"
-                          for name, (_, steps) in runs.items())
+    runs = {budget.run_trainer(m): m for m in methods}
+    schedules = "; ".join(f"{name}: {budget.run_epochs(m.key)} epochs x {budget.iterations_per_epoch} iterations"
+                          for name, m in runs.items())
     text = MODULE_HEADER.format(budget=schedules, V=budget.val_iterations)
     text += "".join(dict.fromkeys(f"from {m.base_module} import {m.base}\n" for m in methods if m.base))
-    bases = dict.fromkeys(m.base_class for m, _ in runs.values())
+    bases = dict.fromkeys(m.base_class for m in runs.values())
     text += "".join(BASE_TEMPLATE.format(base=base) for base in bases) + "\n"
-    for name, (m, steps) in runs.items():
+    for name, m in runs.items():
         # save_every=1: checkpoint_latest every epoch, so an interrupted run resumes with --c
-        settings = {"num_epochs": budget.epochs(steps), "num_iterations_per_epoch": budget.iterations_per_epoch,
+        settings = {"num_epochs": budget.run_epochs(m.key), "num_iterations_per_epoch": budget.iterations_per_epoch,
                     "num_val_iterations_per_epoch": budget.val_iterations, "save_every": 1,
                     **({"ddim_steps": budget.ddim_steps} if m.kind == "ad" else {}),
                     **({"initial_lr": budget.lr(m.key)} if budget.lr(m.key) is not None else {})}
