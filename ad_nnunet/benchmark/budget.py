@@ -11,6 +11,7 @@ from ad_nnunet.errors import ADInputError
 # the trainer class a run of each kind subclasses unless it names another (Method.base)
 DEFAULT_BASE = {"ad": "ADTrainer", "nnunet": "nnUNetTrainer"}
 
+
 @dataclass(frozen=True)
 class Method:
     key: str
