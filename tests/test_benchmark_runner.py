@@ -122,6 +122,13 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
     # a trainer that trained another number of epochs than the budget (its own num_epochs won) is refused
     epoch_ends.append(5.0)
     bench.state["stages"].pop(stage)
+    # a fresh run never starts next to an earlier run's checkpoints: --c after an interruption would load them
+    with pytest.raises(StageError, match=rf"stage '{stage}': .*fold_{method.fold} already holds "
+                                         r"checkpoint_final.pth .* Fix: move that folder away"):
+        bench.stage(stage, bench.train(method))
+    assert len(calls) == 1
+    (bench.model_folder(method) / "checkpoint_final.pth").unlink()
+    bench.state["stages"].pop(stage)
     with pytest.raises(StageError, match=rf"stage '{stage}': {bench.trainer(method)} trained 3 epochs, the budget is "
                                          r"2, .* Fix: set num_epochs .* with make_variant"):
         bench.stage(stage, bench.train(method))

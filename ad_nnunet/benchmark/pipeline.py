@@ -174,6 +174,8 @@ class Benchmark(BenchmarkInputs, StageRunner):
             # continue an interrupted attempt, or a warm-started run from its epoch-0 checkpoint
             if attempts or m.key in self.starts:
                 cmd.append("--c")
+            else:
+                self._refuse_earlier_checkpoints(m)
             attempts.append(None)  # marks the attempt before it starts
             self.save_state()
             seconds = self.run_cmd(f"train_{m.key}", cmd)
@@ -194,6 +196,18 @@ class Benchmark(BenchmarkInputs, StageRunner):
             return {"command": shlex.join(cmd), "wall_s": round(sum(a for a in attempts if a), 2),
                     "checkpoint": str(final), **facts}
         return run
+
+    def _refuse_earlier_checkpoints(self, m: Method) -> None:
+        """A cold run must start in an empty model folder: nnU-Net's fresh training leaves an earlier
+        checkpoint_final.pth in place until it ends, and ``--c`` after an interruption loads that file first."""
+        folder = self.model_folder(m)
+        earlier = sorted(p.name for p in folder.glob("checkpoint_*.pth"))
+        if earlier:
+            raise StageError(
+                f"stage 'train_{m.key}': {folder} already holds {', '.join(earlier)} from an earlier training of "
+                f"{self.trainer(m)} (another --out with the same budget and nnUNet_results). A resumed attempt would "
+                f"continue from, or simply keep, that model. Fix: move that folder away (or delete it), or set "
+                f"nnUNet_results to another folder; then rerun.")
 
     @staticmethod
     def _checkpoint_facts(path: Path) -> dict:
