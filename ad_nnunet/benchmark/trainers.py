@@ -47,11 +47,12 @@ def trainer_module_source(budget: Budget, methods: Sequence[Method]) -> str:
     bases = dict.fromkeys(m.base_class for m in runs.values())
     text += "".join(BASE_TEMPLATE.format(base=base) for base in bases) + "\n"
     for name, m in runs.items():
+        lr = budget.lr(m.key)
         # save_every=1: checkpoint_latest every epoch, so an interrupted run resumes with --c
         settings = {"num_epochs": budget.run_epochs(m.key), "num_iterations_per_epoch": budget.iterations_per_epoch,
                     "num_val_iterations_per_epoch": budget.val_iterations, "save_every": 1,
                     **({"ddim_steps": budget.ddim_steps} if m.kind == "ad" else {}),
-                    **({"initial_lr": budget.lr(m.key)} if budget.lr(m.key) is not None else {})}
+                    **({"initial_lr": lr} if lr is not None else {})}
         arguments = "".join(f", {k}={v!r}" for k, v in settings.items())
         text += f'\n{name} = make_variant("{name}", BenchBase_{m.base_class}{arguments})\n'
     return text
