@@ -22,6 +22,15 @@ SAFE_NUMPY_GLOBALS = [_multiarray.scalar, _multiarray._reconstruct, np.ndarray, 
                                  np.uint64, np.float16, np.float32, np.float64)}, key=lambda t: t.__name__)
 
 
+# The checkpoints nnUNetv2_train writes into a model folder, in the order ``--c`` looks for one to continue from.
+NNUNET_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def checkpoints_in(folder: Union[str, os.PathLike]) -> list:
+    """The names of nnU-Net's checkpoints present in the model folder ``folder``: what ``--c`` would continue from."""
+    return [name for name in NNUNET_CHECKPOINTS if os.path.isfile(os.path.join(folder, name))]
+
+
 def load_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> dict:
     """``torch.load(path, weights_only=True)`` allowing the numpy types of nnU-Net / ADTrainer checkpoints only."""
     with torch.serialization.safe_globals(SAFE_NUMPY_GLOBALS):

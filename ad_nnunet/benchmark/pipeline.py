@@ -200,8 +200,10 @@ class Benchmark(BenchmarkInputs, StageRunner):
     def _refuse_earlier_checkpoints(self, m: Method) -> None:
         """A cold run must start in an empty model folder: nnU-Net's fresh training leaves an earlier
         checkpoint_final.pth in place until it ends, and ``--c`` after an interruption loads that file first."""
+        from ad_nnunet.checkpoints import checkpoints_in
+
         folder = self.model_folder(m)
-        earlier = sorted(p.name for p in folder.glob("checkpoint_*.pth"))
+        earlier = checkpoints_in(folder)
         if earlier:
             raise StageError(
                 f"stage 'train_{m.key}': {folder} already holds {', '.join(earlier)} from an earlier training of "

@@ -38,7 +38,7 @@ from typing import Dict
 
 import torch
 
-from ad_nnunet.checkpoints import load_checkpoint
+from ad_nnunet.checkpoints import checkpoints_in, load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
 from ad_nnunet.network.ad_net import ADNet
@@ -127,8 +127,7 @@ def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrit
     from batchgenerators.utilities.file_and_folder_operations import join, save_json
 
     target = join(trainer.output_folder, "checkpoint_latest.pth")
-    existing = [f for f in ("checkpoint_latest.pth", "checkpoint_final.pth", "checkpoint_best.pth")
-                if os.path.isfile(join(trainer.output_folder, f))]
+    existing = checkpoints_in(trainer.output_folder)
     if existing and not overwrite:
         raise ADInputError(f"{trainer.output_folder} already holds {', '.join(existing)} of a run. Fix: pick "
                            f"another fold or trainer, or pass --overwrite to replace that run.")
