@@ -406,6 +406,43 @@ def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
     assert len(final["logging"]["L_u"]) == trainer.num_epochs  # no epoch skipped
 
 
+def test_final_interpolation_saves_a_mix_of_the_warm_start_and_the_trained_model(tiny):
+    """final_interpolation = a: the warm start records the start's U-Net in every checkpoint of the run, and the
+    final checkpoint holds (1 - a) * start + a * trained for the encoder and D_theta (D_xi, D_psi as trained); a run
+    with it but without a warm start is refused before training."""
+    from ad_nnunet.training.warm_start import read_nnunet_checkpoint, write_warm_start_checkpoint
+    from ad_nnunet.training.weight_interpolation import unet_state
+
+    cold = make_trainer(tiny)
+    cold.final_interpolation = 0.25
+    with pytest.raises(ADInputError, match="holds no warm start. Fix: start the run with adnnunet_warm_start"):
+        cold.on_train_start()
+
+    _, source = trained_nnunet_model(tiny)
+    first = make_trainer(tiny)
+    first.final_interpolation = 0.25
+    write_warm_start_checkpoint(first, source, read_nnunet_checkpoint(source), overwrite=True)
+    start = unet_state(first.core.state_dict())
+
+    trainer = make_trainer(tiny, continue_training=True)  # what nnUNetv2_train --c builds and loads
+    trainer.final_interpolation = 0.25
+    trainer.initialize()
+    trainer.load_checkpoint(os.path.join(output_folder(tiny), "checkpoint_latest.pth"))
+    assert set(trainer.start_unet) == set(start)
+    trainer.on_train_start()
+    with torch.no_grad():  # stands in for the training epochs
+        for p in trainer.core.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    trained = {k: v.clone() for k, v in trainer.core.state_dict().items()}
+    trainer.on_train_end()
+    final = torch.load(os.path.join(output_folder(tiny), "checkpoint_final.pth"), map_location="cpu",
+                       weights_only=False)["network_weights"]
+    for k, v in start.items():
+        torch.testing.assert_close(final[k], 0.75 * v + 0.25 * trained[k])
+    assert torch.equal(final["decoder_psi.seg_layers.0.weight"], trained["decoder_psi.seg_layers.0.weight"])
+    assert not torch.equal(final["decoder_psi.seg_layers.0.weight"], start["decoder.seg_layers.0.weight"])
+
+
 def test_warm_start_of_a_plain_nnunet_trainer_continues_the_model(tiny):
     """The matched control of A&D fine-tuning: a stock nnU-Net trainer starts at epoch 0 from the model itself,
     output layers included; a U-Net of other plans is an error naming the file."""

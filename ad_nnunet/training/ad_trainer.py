@@ -11,6 +11,8 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
 
 Only D_theta (with the shared encoder) is used for validation and prediction: ``network(x)`` is D_theta(E(x)).
+With ``final_interpolation`` a (ADTrainer_finetune), the final model is (1 - a) * warm start + a * trained for those
+two (weight_interpolation.py).
 Everything else is nnU-Net's: plans, preprocessing, patch sampling, optimizer, poly LR, validation, export.
 
 Each part a recipe or ablation changes is one hook, overridden in a few lines (variants.py):
@@ -63,6 +65,7 @@ from ad_nnunet.network.ad_net import ADNet, build_ad_network
 from ad_nnunet.training.diffusion_stream import DiffusionStream
 from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
 from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
+from ad_nnunet.training.weight_interpolation import interpolate_towards
 
 CHECKPOINT_FORMAT = 1
 
@@ -112,6 +115,9 @@ class ADTrainer(nnUNetTrainer):
         self.smoothing_kernel_size = 3
         self.smoothing_sigma = 1.0
         self.seed = 12345
+        # a in [0, 1]: the saved final model is (1 - a) * start + a * trained (weight_interpolation.py); None: the
+        # trained model. Needs a warm start (adnnunet_warm_start), which records the start.
+        self.final_interpolation: Optional[float] = None
         for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
         if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
@@ -122,6 +128,7 @@ class ADTrainer(nnUNetTrainer):
         self.dataloader_unlabeled = None
         self.fold_split = None
         self.skipped_steps = 0
+        self.start_unet: Optional[Dict[str, torch.Tensor]] = None  # the warm start's U-Net, for final_interpolation
         for key in AD_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging[key] = []
         seed_everything(self.seed + self.local_rank)
@@ -259,12 +266,22 @@ class ADTrainer(nnUNetTrainer):
                                             pin_memory=self.device.type == "cuda", wait_time=0.002)
 
     def on_train_start(self):
+        if self.final_interpolation is not None and self.start_unet is None:
+            raise ADInputError(
+                f"{type(self).__name__} interpolates its final model with the model it started from "
+                f"(final_interpolation={self.final_interpolation}), but {self.output_folder} holds no warm start. "
+                f"Fix: start the run with adnnunet_warm_start -i <nnUNetTrainer checkpoint_final.pth>, then "
+                f"nnUNetv2_train ... --c.")
         super().on_train_start()
         if self.local_rank == 0:
             save_json({**asdict(self.fold_split), "fold": self.fold}, join(self.output_folder, "ad_split.json"),
                       sort_keys=False)
 
     def on_train_end(self):
+        if self.final_interpolation is not None:  # before nnU-Net saves checkpoint_final.pth and validates
+            interpolate_towards(self.core, self.start_unet, self.final_interpolation)
+            self.print_to_log_file(f"final model: {1 - self.final_interpolation:g} x start + "
+                                   f"{self.final_interpolation:g} x trained (encoder and D_theta)")
         super().on_train_end()
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
@@ -388,7 +405,7 @@ class ADTrainer(nnUNetTrainer):
         super().save_checkpoint(tmp)
         checkpoint = load_checkpoint(tmp)
         checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": rng_state(),
-                                  "skipped_steps": self.skipped_steps}
+                                  "skipped_steps": self.skipped_steps, "start_unet": self.start_unet}
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
 
@@ -399,4 +416,5 @@ class ADTrainer(nnUNetTrainer):
         ad_state = load_checkpoint(filename_or_checkpoint).get("ad_state")
         if ad_state is not None:
             self.skipped_steps = ad_state["skipped_steps"]
+            self.start_unet = ad_state.get("start_unet")
             set_rng_state(ad_state["rng"])

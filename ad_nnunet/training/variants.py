@@ -67,6 +67,7 @@ AD_SETTINGS: Dict[str, Accepts] = {
     "svda_p_op": FRACTION, "gumbel_tau": POSITIVE,
     "smoothing_kernel_size": _int("an odd int >= 1", lambda v: v >= 1 and v % 2 == 1),
     "smoothing_sigma": POSITIVE, "seed": _int("an int >= 0", lambda v: v >= 0),
+    "final_interpolation": _or_none(FRACTION),
 }
 
 
@@ -190,6 +191,6 @@ class ADTrainer_strongView(ADTrainer):
 
 # A&D as a fine-tuning phase of a trained nnU-Net model (start it with adnnunet_warm_start, then --c): a learning
 # rate of 1e-3 (the model is trained already), the unlabeled loss at full weight from the start, the strong view;
-# 50 x 150 steps.
+# 50 x 150 steps; the saved model halfway between the start and the trained weights (chosen on development cases).
 ADTrainer_finetune = make_variant("ADTrainer_finetune", ADTrainer_strongView, initial_lr=1e-3, mu_rampup_epochs=0,
-                                  num_epochs=50)
+                                  num_epochs=50, final_interpolation=0.5)

@@ -43,6 +43,7 @@ from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
 from ad_nnunet.network.ad_net import ADNet
 from ad_nnunet.training.ad_trainer import ADTrainer, unwrapped_network
+from ad_nnunet.training.weight_interpolation import unet_state
 
 WARM_START_RECORD = "warm_start.json"
 
@@ -139,6 +140,8 @@ def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrit
         trainer.initialize()
     if isinstance(trainer, ADTrainer):
         trainer.core.load_state_dict(warm_start_state_dict(trainer.core, checkpoint["network_weights"], source))
+        if trainer.final_interpolation is not None:  # kept in every checkpoint of the run, for its last step
+            trainer.start_unet = unet_state(trainer.core.state_dict())
     else:
         load_unet_weights(unwrapped_network(trainer), checkpoint["network_weights"], source)
     for name in existing:

@@ -1,0 +1,44 @@
+"""The exported model of a fine-tuning run, interpolated towards the model it started from (weight-space ensembling,
+Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022).
+
+A fine-tuning run (``ADTrainer_finetune``) starts from a trained nnU-Net model with weights :math:`\\theta_0`
+(``adnnunet_warm_start``) and ends at :math:`\\theta_T`. The model it saves as ``checkpoint_final.pth`` is
+
+.. math::
+
+    \\theta = (1 - a)\\,\\theta_0 + a\\,\\theta_T, \\qquad a \\in [0, 1]
+
+for the parameters of the U-Net nnU-Net predicts with (the shared encoder E and D_theta); D_xi and D_psi are kept
+as trained. :math:`a = 1` keeps the fine-tuned model, :math:`a = 0` the start. Both ends are the same network, so
+the interpolated model costs exactly what either costs to predict. Why, and how ``a`` was chosen: docs/method.md.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+
+# the parameters nnU-Net's predictor uses: the shared encoder and D_theta (ADNet's ``encoder`` and ``decoder``)
+UNET_PREFIXES = ("encoder.", "decoder.")
+
+
+def unet_state(network_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Copies of the U-Net's floating-point entries (``encoder.*``, ``decoder.*``) of an ADNet state dict."""
+    return {k: v.detach().clone() for k, v in network_state.items()
+            if k.startswith(UNET_PREFIXES) and v.is_floating_point()}
+
+
+def interpolate_towards(network: torch.nn.Module, start: Mapping[str, torch.Tensor], a: float) -> None:
+    """Set every U-Net entry of ``network``'s state to ``(1 - a) * start + a * current`` (module docstring).
+
+    ``start``: :func:`unet_state` of the model the run started from; its keys must be exactly the network's U-Net
+    entries (ValueError naming the difference otherwise)."""
+    if not 0 <= a <= 1:
+        raise ValueError(f"the interpolation weight a = {a} must be in [0, 1]")
+    current = unet_state(network.state_dict())
+    if set(current) != set(start):
+        diff = sorted(set(current) ^ set(start))
+        raise ValueError(f"the start weights do not match the network's U-Net ({len(diff)} keys differ, e.g. "
+                         f"{diff[:3]})")
+    mixed = {k: torch.lerp(start[k].to(v.device, v.dtype), v, a) for k, v in current.items()}
+    network.load_state_dict(mixed, strict=False)
