@@ -221,11 +221,12 @@ def test_paper_recipe_differs_from_ADTrainer_in_the_supervised_half_only(tiny):
     paper.on_train_end()
 
 
-def test_finetune_recipe_is_the_strong_view_with_three_settings(tiny):
+def test_finetune_recipe_is_the_strong_view_with_four_settings(tiny):
     from ad_nnunet.training.variants import ADTrainer_strongView
 
     finetune, default = make_trainer(tiny, "ADTrainer_finetune"), make_trainer(tiny, "ADTrainer")
-    assert _differing_attributes(finetune, default) == {"initial_lr": 1e-3, "mu_rampup_epochs": 0, "num_epochs": 50}
+    assert _differing_attributes(finetune, default) == {"initial_lr": 1e-3, "mu_rampup_epochs": 0, "num_epochs": 50,
+                                                        "final_interpolation": 0.5}
     assert type(finetune).__bases__ == (ADTrainer_strongView,)
     assert _own_members(ADTrainer_strongView) == {"forward_and_pseudo_label"}
     assert finetune.unlabeled_weight() == finetune.unlabeled_loss_weight  # no ramp: full weight at epoch 0
