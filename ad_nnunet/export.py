@@ -20,13 +20,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
+from ad_nnunet.training.weight_interpolation import recorded_unet
 
 STOCK_TRAINER = "nnUNetTrainer"
 
@@ -39,9 +40,12 @@ def unet_state_dict(ad_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
 
 def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Union[int, str]],
                        out_root: Union[str, os.PathLike], checkpoint_name: str = "checkpoint_final.pth",
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, interpolation: Optional[float] = None) -> Path:
     """Write the stock nnU-Net model folder of the A&D run in ``run_folder`` (a
     ``<trainer>__<plans>__<configuration>`` folder) for ``folds`` under ``out_root``; returns the model folder.
+
+    ``interpolation`` a: instead of the U-Net the checkpoint predicts with, export (1 - a) * start + a * trained of
+    a finished ``final_interpolation`` run (training/weight_interpolation.py; 1 = the trained model, 0 = the start).
 
     Everything is written into a temporary folder next to the target and renamed into place at the end.
 
@@ -56,6 +60,9 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
     if configuration is None:
         raise ADInputError(f"{run.name} is not named <trainer>__<plans>__<configuration>. Fix: pass the folder "
                            f"nnUNetv2_train wrote.")
+    if interpolation is not None and not 0 <= interpolation <= 1:
+        raise ADInputError(f"--interpolation {interpolation}: must be in [0, 1] (0 = the start, 1 = the trained "
+                           f"model). Fix: pass e.g. --interpolation 0.5.")
     if not folds:
         raise ADInputError("No fold given. Fix: pass -f with one or more folds (e.g. -f 0 1 2 3 4).")
     checkpoints = {}
@@ -68,6 +75,9 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
         if not any(k.startswith("decoder_psi.") for k in checkpoint.get("network_weights", {})):
             raise ADInputError(f"{path} is not an A&D checkpoint (no D_psi weights). Fix: pass an ADTrainer run; a "
                                f"plain nnU-Net model needs no export.")
+        if interpolation is not None:
+            checkpoint["network_weights"] = {**checkpoint["network_weights"],
+                                             **recorded_unet(checkpoint.get("ad_state"), interpolation, str(path))}
         checkpoints[fold] = (path, checkpoint)
 
     dataset_name = run.parent.name
@@ -81,7 +91,8 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
         for name in ("dataset.json", "plans.json", "dataset_fingerprint.json"):
             if (run / name).is_file():
                 shutil.copy2(run / name, staging / name)
-        record = {"source_run": str(run.resolve()), "checkpoint": checkpoint_name, "folds": {}}
+        record = {"source_run": str(run.resolve()), "checkpoint": checkpoint_name, "interpolation": interpolation,
+                  "folds": {}}
         for fold, (path, checkpoint) in checkpoints.items():
             (staging / f"fold_{fold}").mkdir()
             torch.save({"network_weights": unet_state_dict(checkpoint["network_weights"]),

@@ -90,6 +90,11 @@ def test_stock_commands_train_validate_and_predict(tiny, tmp_path):
     nofold = run_cli(["adnnunet_export", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "3", "-tr",
                       "ADTrainer_tiny", "-o", str(tmp_path / "other")])
     assert nofold.returncode == 2 and "fold_3" in nofold.stderr and not (tmp_path / "other" / tiny["dataset_name"]).exists()
+    # another interpolation weight needs a final_interpolation run, which records both ends
+    mixed = run_cli(["adnnunet_export", "-d", str(tiny["dataset_id"]), "-c", CONFIG, "-f", "0", "-tr",
+                     "ADTrainer_tiny", "-o", str(tmp_path / "mixed"), "--interpolation", "0.5"])
+    assert mixed.returncode == 2 and "does not record the start and trained weights" in mixed.stderr
+    assert not (tmp_path / "mixed" / tiny["dataset_name"]).exists()
 
 
 class Interrupt(Exception):
@@ -407,10 +412,12 @@ def test_warm_start_from_an_nnunet_model_then_stock_resume(tiny):
     assert len(final["logging"]["L_u"]) == trainer.num_epochs  # no epoch skipped
 
 
-def test_final_interpolation_saves_a_mix_of_the_warm_start_and_the_trained_model(tiny):
+def test_final_interpolation_saves_a_mix_of_the_warm_start_and_the_trained_model(tiny, tmp_path):
     """final_interpolation = a: the warm start records the start's U-Net in every checkpoint of the run, and the
-    final checkpoint holds (1 - a) * start + a * trained for the encoder and D_theta (D_xi, D_psi as trained); a run
-    with it but without a warm start is refused before training."""
+    final checkpoint holds (1 - a) * start + a * trained for the encoder and D_theta (D_xi, D_psi as trained), and
+    both ends, so that the export can give any other a; a run with it but without a warm start is refused before
+    training."""
+    from ad_nnunet.export import export_stock_model
     from ad_nnunet.training.warm_start import read_nnunet_checkpoint, write_warm_start_checkpoint
     from ad_nnunet.training.weight_interpolation import unet_state
 
@@ -442,6 +449,17 @@ def test_final_interpolation_saves_a_mix_of_the_warm_start_and_the_trained_model
         torch.testing.assert_close(final[k], 0.75 * v + 0.25 * trained[k])
     assert torch.equal(final["decoder_psi.seg_layers.0.weight"], trained["decoder_psi.seg_layers.0.weight"])
     assert not torch.equal(final["decoder_psi.seg_layers.0.weight"], start["decoder.seg_layers.0.weight"])
+
+    # both ends are recorded: the model at any other a is exported without training again
+    for a, expected in ((1.0, lambda k: trained[k]), (0.25, lambda k: final[k]), (0.0, lambda k: start[k])):
+        model = export_stock_model(os.path.dirname(output_folder(tiny)), [0], tmp_path / f"a{a}", interpolation=a)
+        exported = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                              weights_only=False)["network_weights"]
+        for k in start:
+            torch.testing.assert_close(exported[k], expected(k))
+        assert json.loads((model / "ad_export.json").read_text())["interpolation"] == a
+    with pytest.raises(ADInputError, match="must be in \\[0, 1\\]"):
+        export_stock_model(os.path.dirname(output_folder(tiny)), [0], tmp_path / "bad", interpolation=1.5)
 
 
 def test_warm_start_of_a_plain_nnunet_trainer_continues_the_model(tiny):

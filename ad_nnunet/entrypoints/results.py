@@ -77,13 +77,16 @@ def export_entry(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-o", required=True, help="output root, used like nnUNet_results (nnUNet_results=DIR "
                                              "nnUNetv2_predict -d D -c C -f F)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing exported model under -o")
+    p.add_argument("--interpolation", type=float, metavar="A",
+                   help="export (1 - A) x start + A x trained of a final_interpolation run (ADTrainer_finetune) "
+                        "instead of the model it saved: 1 = the trained model, 0 = the model it started from")
     args = p.parse_args(argv)
 
     def body():
         from ad_nnunet.export import export_stock_model
 
         target = export_stock_model(_trained_run_folder(args), [_fold(f) for f in args.f], args.o, args.chk,
-                                    args.overwrite)
+                                    args.overwrite, args.interpolation)
         print(f"{target} written. Predict without ad-nnunet:\n"
               f"  nnUNet_results={os.path.abspath(args.o)} nnUNetv2_predict -i IN -o OUT -d {args.d} -c {args.c} "
               f"-f {' '.join(args.f)}")

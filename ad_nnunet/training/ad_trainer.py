@@ -65,7 +65,7 @@ from ad_nnunet.network.ad_net import ADNet, build_ad_network
 from ad_nnunet.training.diffusion_stream import DiffusionStream
 from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
 from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
-from ad_nnunet.training.weight_interpolation import interpolate_towards
+from ad_nnunet.training.weight_interpolation import interpolate_towards, unet_state
 
 CHECKPOINT_FORMAT = 1
 
@@ -129,6 +129,8 @@ class ADTrainer(nnUNetTrainer):
         self.fold_split = None
         self.skipped_steps = 0
         self.start_unet: Optional[Dict[str, torch.Tensor]] = None  # the warm start's U-Net, for final_interpolation
+        # the U-Net as trained, before final_interpolation: with start_unet, any other a can be exported later
+        self.trained_unet: Optional[Dict[str, torch.Tensor]] = None
         for key in AD_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging[key] = []
         seed_everything(self.seed + self.local_rank)
@@ -279,6 +281,7 @@ class ADTrainer(nnUNetTrainer):
 
     def on_train_end(self):
         if self.final_interpolation is not None:  # before nnU-Net saves checkpoint_final.pth and validates
+            self.trained_unet = unet_state(self.core.state_dict())
             interpolate_towards(self.core, self.start_unet, self.final_interpolation)
             self.print_to_log_file(f"final model: {1 - self.final_interpolation:g} x start + "
                                    f"{self.final_interpolation:g} x trained (encoder and D_theta)")
@@ -405,7 +408,8 @@ class ADTrainer(nnUNetTrainer):
         super().save_checkpoint(tmp)
         checkpoint = load_checkpoint(tmp)
         checkpoint["ad_state"] = {"format": CHECKPOINT_FORMAT, "rng": rng_state(),
-                                  "skipped_steps": self.skipped_steps, "start_unet": self.start_unet}
+                                  "skipped_steps": self.skipped_steps, "start_unet": self.start_unet,
+                                  "trained_unet": self.trained_unet}
         torch.save(checkpoint, tmp)
         os.replace(tmp, filename)
 
@@ -417,4 +421,5 @@ class ADTrainer(nnUNetTrainer):
         if ad_state is not None:
             self.skipped_steps = ad_state["skipped_steps"]
             self.start_unet = ad_state.get("start_unet")
+            self.trained_unet = ad_state.get("trained_unet")
             set_rng_state(ad_state["rng"])
