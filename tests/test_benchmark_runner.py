@@ -278,11 +278,21 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
     assert calls[1][:1] == ["nnUNetv2_train"] and calls[1][-1] == "--c"
 
     # budgets that do not add up are refused
-    for bad in (("--warm_start_steps", "6"), ("--warm_start_steps", "3"), ("--dev_cases", "99"),
-                ("--finetune_steps", "3"), ("--finetune_steps", "2", "--warm_start_steps", "2"),
-                ("--finetune_steps", "2", "--finetune_lr", "0")):
-        with pytest.raises(ADInputError):
-            Benchmark(build_parser().parse_args(bench_args(ds, tmp_path / "x", steps=6, extra=bad)), "cmd")
+    # (and other interpolation weights need development cases, a warm-started A&D run and weights in [0, 1])
+    for bad, message in ((("--warm_start_steps", "6"), "must lie between 0 and --steps"),
+                         (("--warm_start_steps", "3"), "multiples of --iterations_per_epoch"),
+                         (("--dev_cases", "99"), "exceeds the 4 unlabeled cases"),
+                         (("--finetune_steps", "3"), "positive multiple"),
+                         (("--finetune_steps", "2", "--warm_start_steps", "2"), "without --warm_start_steps"),
+                         (("--finetune_steps", "2", "--finetune_lr", "0"), "--finetune_lr > 0"),
+                         (("--dev_interpolations", "1"), "needs --dev_cases K and a warm-started A&D run"),
+                         (("--dev_cases", "1", "--dev_interpolations", "1"), "warm-started"),
+                         (("--dev_cases", "1", "--finetune_steps", "2", "--dev_interpolations", "0.5", "2"),
+                          "--dev_interpolations 2: must be in \\[0, 1\\]")):
+        with pytest.raises(ADInputError, match=message):  # refused before --out is made
+            Benchmark(build_parser().parse_args(bench_args(ds, tmp_path, steps=6, extra=bad + ("--out", str(
+                tmp_path / "x")))), "cmd")
+        assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -317,6 +327,28 @@ def test_finetune_protocol_continues_the_labeled_only_model_with_ad_and_with_its
     assert "nnU-Net, labeled only, continued (A&D's matched control) (2 + 2 steps)" in md
     assert "(Dice_A&D - Dice_control) / (Dice_all_labels - Dice_control)" in md
     assert "continue that model for 2 more steps at learning rate 0.001" in md
+
+    # a rerun adds A&D's model at other interpolation weights, scored on the development cases only: a = 0 is the
+    # model A&D started from, so it predicts exactly what the labeled-only model predicts
+    assert benchmark_entry(bench_args(ds, tmp_path, steps=2, extra=(
+        "--finetune_steps", "2", "--dev_cases", "1", "--ad_trainer", "ADTrainer_finetune",
+        "--dev_interpolations", "0", "1"))) == 0
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert [k for k in state if "ad_a" in k] == ["export_ad_a0", "predict_dev_ad_a0", "evaluate_dev_ad_a0",
+                                                 "export_ad_a1", "predict_dev_ad_a1", "evaluate_dev_ad_a1"]
+    assert "--interpolation 0" in state["export_ad_a0"]["command"] and "predict_ad_a0" not in state
+    report = json.loads((out / "report.json").read_text())
+    dev = report["dev"]["methods"]
+    assert list(dev) == ["labeled_only", "control", "ad", "ad_a0", "ad_a1"] and dev["ad_a1"]["interpolation"] == 1
+    import SimpleITK as sitk
+    case = report["dev"]["cases"][0]
+    np.testing.assert_array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions_dev" / k /
+                                                                              f"{case}.nii.gz")))
+                                    for k in ("labeled_only", "ad_a0")))
+    assert dev["ad_a0"]["Dice"] == dev["labeled_only"]["Dice"]
+    md = (out / "report.md").read_text()
+    assert "| A&D exported at a = 1 ((1 - a) x start + a x trained) |" in md
+    assert "dev: A&D exported at a = 0 ((1 - a) x start + a x trained) minus" in md
 
 
 def test_methods_without_full_two_report_rows_no_gap_closure_resume_adds_or_drops_it(bench_dataset, tmp_path, capsys):

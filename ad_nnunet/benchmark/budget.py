@@ -64,6 +64,14 @@ CONTROL = Method("control", "nnU-Net, labeled only, continued (A&D's matched con
 FULL_SOURCE = Method("full_source", "nnU-Net, all labels, before continuing", "nnunet", 1,
                      "labeled + unlabeled, all labels")
 FINETUNED = ("ad", CONTROL.key, "full")  # the runs that continue a model with --finetune_steps
+
+
+def interpolation_key(a: float) -> str:
+    """The name (stages, folders, report) of A&D's model exported at interpolation weight ``a``
+    (--dev_interpolations)."""
+    return f"ad_a{a:g}"
+
+
 # The comparison the benchmark exists for; only the upper bound ("full") may be left out.
 REQUIRED_METHODS = ("ad", "labeled_only")
 

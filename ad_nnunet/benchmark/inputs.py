@@ -152,6 +152,16 @@ class BenchmarkInputs:
         if self.args.dev_cases > len(self.unlabeled):
             raise ADInputError(f"--dev_cases {self.args.dev_cases} exceeds the {len(self.unlabeled)} unlabeled cases. "
                                f"Fix: pick fewer.")
+        self.dev_interpolations = tuple(dict.fromkeys(self.args.dev_interpolations))
+        if self.dev_interpolations and not (self.dev and (self.budget.finetune_steps or self.budget.warm_start_steps)):
+            raise ADInputError("--dev_interpolations scores A&D's model at other interpolation weights on the "
+                               "development cases, so it needs --dev_cases K and a warm-started A&D run. Fix: add "
+                               "--dev_cases 8 and --finetune_steps F (with an A&D trainer that sets "
+                               "final_interpolation, e.g. --ad_trainer ADTrainer_finetune).")
+        outside = [a for a in self.dev_interpolations if not 0 <= a <= 1]
+        if outside:
+            raise ADInputError(f"--dev_interpolations {outside[0]:g}: must be in [0, 1] (0 = the model A&D started "
+                               f"from, 1 = the trained model). Fix: pass e.g. --dev_interpolations 0.3 1.")
         self.unused = [c for c in train_ids if c not in set(self.labeled) | set(self.unlabeled)]
         self.extra_unlabeled = unl_ids
 

@@ -74,13 +74,15 @@ def _paired_markdown(r: dict) -> List[str]:
                   "The first unlabeled cases of the split: A&D saw their images (never their labels); the all-labels "
                   "run trained on their labels and is not scored here. Methods are chosen on these, never on the "
                   "test cases.", "", "| Method | Dice (%) |", "|---|---|"]
+        names = {key: entry.get("label") or labels.get(key, key)  # --dev_interpolations entries carry a label
+                 for key, entry in dev["methods"].items()}
         for key, entry in dev["methods"].items():
-            lines.append(f"| {labels.get(key, key)} | {_pct(entry['Dice'])} |")
+            lines.append(f"| {names[key]} | {_pct(entry['Dice'])} |")
         baseline = r.get("baseline", "labeled_only")
         for key, entry in dev["methods"].items():
             if entry["paired_vs_baseline"] is not None:
                 lines.append(_paired_line(entry["paired_vs_baseline"],
-                                          f"dev: {labels.get(key, key)} minus {labels.get(baseline, baseline)}"))
+                                          f"dev: {names[key]} minus {labels.get(baseline, baseline)}"))
     return lines
 
 

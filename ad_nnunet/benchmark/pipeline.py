@@ -1,5 +1,6 @@
 """The benchmark's stages in their order (:meth:`Benchmark.run`): plan, preprocess, settings, preprocess_unlabeled,
-trainers, [warm_start_*], train_*, predict_*, evaluate_*, [dev_folders, predict_dev_*, evaluate_dev_*], report.
+trainers, [warm_start_*], train_*, predict_*, evaluate_*, [dev_folders, predict_dev_*, evaluate_dev_*,
+[export_ad_a*, predict_dev_ad_a*, evaluate_dev_ad_a*]], report.
 
 Each stage is a command of nnU-Net or ad-nnunet in a subprocess (``runner.StageRunner.run_cmd``), so the benchmark
 measures what a user runs."""
@@ -14,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from ad_nnunet.benchmark.budget import Method
+from ad_nnunet.benchmark.budget import Method, interpolation_key
 from ad_nnunet.benchmark.inputs import BenchmarkInputs
 from ad_nnunet.benchmark.markdown import render_markdown
 from ad_nnunet.benchmark.report import build_report
@@ -31,7 +32,8 @@ class Benchmark(BenchmarkInputs, StageRunner):
 
     def __init__(self, args: argparse.Namespace, command: str):
         BenchmarkInputs.__init__(self, args)  # refuses bad input before --out is created
-        StageRunner.__init__(self, args.out, command, self.config(), [m.key for m in self.methods])
+        StageRunner.__init__(self, args.out, command, self.config(), [m.key for m in self.methods] +
+                             [interpolation_key(a) for a in self.dev_interpolations])  # what the report shows
 
     def env(self, stage: str = "") -> Dict[str, str]:
         from ad_nnunet import ext_trainer_dir
@@ -226,19 +228,25 @@ class Benchmark(BenchmarkInputs, StageRunner):
 
     # ---- scoring -----------------------------------------------------------------------------------------------
     def predict(self, m: Method, split: str = "test") -> Callable[[dict], dict]:
+        return self._predict(m.key, self.trainer(m), m.fold, split)
+
+    def _predict(self, key: str, trainer: str, fold: int, split: str,
+                 results: Optional[Path] = None) -> Callable[[dict], dict]:
+        """nnUNetv2_predict of the model ``trainer`` / ``fold`` (in ``results`` instead of $nnUNet_results when
+        given) on the ``split`` cases, into ``predictions[_dev]/<key>``."""
         images, _, cases, suffix = self.split_folders(split)
 
         def run(entry: dict) -> dict:
-            final = self.out / f"predictions{suffix}" / m.key
-            tmp = self.out / f"predictions{suffix}" / f".{m.key}.tmp"
+            final = self.out / f"predictions{suffix}" / key
+            tmp = self.out / f"predictions{suffix}" / f".{key}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(exist_ok=True)
             cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(tmp), "-d", self.dataset,
-                   "-c", self.configuration, "-tr", self.trainer(m), "-p", PLANS,
-                   "-f", str(m.fold), "-chk", "checkpoint_final.pth", "-device", self.args.device,
+                   "-c", self.configuration, "-tr", trainer, "-p", PLANS,
+                   "-f", str(fold), "-chk", "checkpoint_final.pth", "-device", self.args.device,
                    "-npp", str(self.args.np), "-nps", str(self.args.np)] + ([] if self.args.tta else ["--disable_tta"])
-            stage = f"predict{suffix}_{m.key}"
-            seconds = self.run_cmd(stage, cmd)
+            stage = f"predict{suffix}_{key}"
+            seconds = self.run_cmd(stage, cmd, None if results is None else {"nnUNet_results": str(results)})
             missing = [c for c in cases if not (tmp / f"{c}{self.ending}").is_file()]
             if missing:
                 raise StageError(f"stage '{stage}': no prediction for {missing[:5]}. "
@@ -248,24 +256,44 @@ class Benchmark(BenchmarkInputs, StageRunner):
             return {"command": shlex.join(cmd), "wall_s": round(seconds, 2), "folder": str(final)}
         return run
 
-    def evaluate(self, m: Method, split: str = "test") -> Callable[[dict], dict]:
+    def evaluate(self, key: str, split: str = "test") -> Callable[[dict], dict]:
         _, labels, _, suffix = self.split_folders(split)
 
         def run(entry: dict) -> dict:
             from ad_nnunet.evaluation.evaluate import foreground_labels
             from ad_nnunet.evaluation.metrics import evaluate_folders, write_reports
 
-            results = evaluate_folders(self.out / f"predictions{suffix}" / m.key, labels,
+            results = evaluate_folders(self.out / f"predictions{suffix}" / key, labels,
                                        foreground_labels(self.dataset_json, str(self.raw / "dataset.json")),
                                        file_ending=self.ending, domains=self.domains, num_processes=self.args.np,
                                        progress=False)
-            paths = write_reports(results, self.out / f"evaluation{suffix}" / m.key)
+            paths = write_reports(results, self.out / f"evaluation{suffix}" / key)
             fg = results["summary"]["foreground_mean"]
             return {"n_cases": results["summary"]["n_cases"], "json": str(paths["json"]),
                     "metrics": {k: {"mean": None if math.isnan(v["mean"]) else v["mean"],
                                     "std": None if math.isnan(v["std"]) else v["std"], "n": v["n"]}
                                 for k, v in fg.items()}}
         return run
+
+    def export_interpolation(self, a: float) -> Callable[[dict], dict]:
+        """A&D's model at interpolation weight ``a`` as a stock nnU-Net model in ``interpolations/<key>``
+        (``adnnunet_export --interpolation``: what a user runs to choose another weight)."""
+        def run(entry: dict) -> dict:
+            ad = self.ad_method
+            cmd = ["adnnunet_export", "-d", self.dataset, "-c", self.configuration, "-f", str(ad.fold),
+                   "-tr", self.trainer(ad), "-p", PLANS, "-o", str(self.interpolation_root(a)),
+                   "--interpolation", f"{a:g}", "--overwrite"]
+            return {"command": shlex.join(cmd),
+                    "wall_s": round(self.run_cmd(f"export_{interpolation_key(a)}", cmd), 2)}
+        return run
+
+    @property
+    def ad_method(self) -> Method:
+        return next(m for m in self.methods if m.key == "ad")
+
+    def interpolation_root(self, a: float) -> Path:
+        """The nnUNet_results-like folder of A&D's model exported at interpolation weight ``a``."""
+        return self.out / "interpolations" / interpolation_key(a)
 
     def report(self, entry: dict) -> dict:
         report = build_report(self)
@@ -289,12 +317,20 @@ class Benchmark(BenchmarkInputs, StageRunner):
         for m in self.methods:
             self.stage(f"predict_{m.key}", self.predict(m))
         for m in self.methods:
-            self.stage(f"evaluate_{m.key}", self.evaluate(m))
+            self.stage(f"evaluate_{m.key}", self.evaluate(m.key))
         if self.dev:
             self.stage("dev_folders", self.dev_folders)
             for m in self.dev_methods:
                 self.stage(f"predict_dev_{m.key}", self.predict(m, "dev"))
-                self.stage(f"evaluate_dev_{m.key}", self.evaluate(m, "dev"))
+                self.stage(f"evaluate_dev_{m.key}", self.evaluate(m.key, "dev"))
+            if self.dev_interpolations:
+                from ad_nnunet.export import STOCK_TRAINER  # imports torch: only here
+            for a in self.dev_interpolations:
+                key = interpolation_key(a)
+                self.stage(f"export_{key}", self.export_interpolation(a))
+                self.stage(f"predict_dev_{key}", self._predict(key, STOCK_TRAINER, self.ad_method.fold, "dev",
+                                                               self.interpolation_root(a)))
+                self.stage(f"evaluate_dev_{key}", self.evaluate(key, "dev"))
         self.stage("report", self.report)
         self.log(f"report: {self.out / 'report.md'}")
         return self.out / "report.md"

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
-from ad_nnunet.benchmark.budget import FULL_SOURCE, WARM_SOURCE, Method
+from ad_nnunet.benchmark.budget import FULL_SOURCE, WARM_SOURCE, Method, interpolation_key
 from ad_nnunet.benchmark.provenance import git_commit, machine_info
 from ad_nnunet.publishing import write_atomic
 
@@ -77,10 +77,17 @@ def build_report(bench: Benchmark) -> dict:
     gap, gap_reason = report_gap_closure(dice, bench.baseline)
     paired = {f"ad_vs_{other}": paired_difference(bench, "ad", other)
               for other in dict.fromkeys((bench.baseline, "labeled_only", WARM_SOURCE.key)) if other in dice}
-    dev = {m.key: {"Dice": st[f"evaluate_dev_{m.key}"]["metrics"]["Dice"],
-                   "paired_vs_baseline": None if m.key == bench.baseline
-                   else paired_difference(bench, m.key, bench.baseline, "dev")}
-           for m in bench.dev_methods} if bench.dev else None
+    dev = None
+    if bench.dev:
+        dev = {m.key: {"Dice": st[f"evaluate_dev_{m.key}"]["metrics"]["Dice"],
+                       "paired_vs_baseline": None if m.key == bench.baseline
+                       else paired_difference(bench, m.key, bench.baseline, "dev")}
+               for m in bench.dev_methods}
+        for a in bench.dev_interpolations:
+            key = interpolation_key(a)
+            dev[key] = {"label": f"A&D exported at a = {a:g} ((1 - a) x start + a x trained)",
+                        "interpolation": a, "Dice": st[f"evaluate_dev_{key}"]["metrics"]["Dice"],
+                        "paired_vs_baseline": paired_difference(bench, key, bench.baseline, "dev")}
     env = bench.env()
     return {
         "dataset": bench.dataset, "configuration": bench.configuration, "preset": bench.args.preset,

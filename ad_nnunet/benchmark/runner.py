@@ -2,7 +2,8 @@
 the same arguments skips the completed ones; every subprocess appends to ``<out>/logs/<stage>.log``.
 
 state.json (``format`` 1): ``config`` (what determines the results; a rerun must match it), ``invocations`` (every
-command that ran in this folder), ``methods`` (the runs of the latest invocation) and ``stages`` (``{name: {status:
+command that ran in this folder), ``methods`` (the runs of the latest invocation, and the models it scores besides
+them: ``ad_a<A>`` of --dev_interpolations) and ``stages`` (``{name: {status:
 pending|started|done, seconds, ...what the stage returned}}``).
 """
 from __future__ import annotations
@@ -78,8 +79,9 @@ class StageRunner:
         """The environment of ``stage``'s subprocesses."""
         return dict(os.environ)
 
-    def run_cmd(self, stage: str, cmd: List[str]) -> float:
-        """Run ``cmd`` with its output appended to logs/<stage>.log; return its wall time. Raises StageError."""
+    def run_cmd(self, stage: str, cmd: List[str], env: Optional[Dict[str, str]] = None) -> float:
+        """Run ``cmd`` with its output appended to logs/<stage>.log (``env``: variables to set on top of the stage's
+        environment); return its wall time. Raises StageError."""
         from ad_nnunet import console_command
 
         exe = shutil.which(console_command(cmd[0]))
@@ -91,7 +93,7 @@ class StageRunner:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
             log.flush()
             t = time.time()
-            rc = subprocess.run([exe] + cmd[1:], stdout=log, stderr=subprocess.STDOUT, env=self.env(stage)).returncode
+            rc = subprocess.run([exe] + cmd[1:], stdout=log, stderr=subprocess.STDOUT, env={**self.env(stage), **(env or {})}).returncode
             seconds = time.time() - t
         if rc != 0:
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])

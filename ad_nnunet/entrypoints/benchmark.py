@@ -51,6 +51,11 @@ def build_parser(prog: str = "adnnunet_benchmark") -> argparse.ArgumentParser:
     p.add_argument("--dev_cases", type=int, default=0,
                    help="also score every run but the all-labels one on the first K unlabeled cases (development "
                         "cases for decisions; default 0)")
+    p.add_argument("--dev_interpolations", nargs="+", type=float, default=[], metavar="A",
+                   help="also score A&D's model at these interpolation weights on the development cases, exported "
+                        "with adnnunet_export --interpolation A ((1 - A) x start + A x trained; needs --dev_cases and "
+                        "a warm-started A&D trainer that sets final_interpolation, e.g. ADTrainer_finetune): how the "
+                        "saved model's weight is checked. A rerun may add them.")
     p.add_argument("--ad_trainer", default="ADTrainer", metavar="TRAINER",
                    help="the A&D trainer class of the ad method (default ADTrainer), e.g. ADTrainer_finetune with "
                         "--warm_start_steps: its hyperparameters with the benchmark's budget")
