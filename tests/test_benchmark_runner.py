@@ -186,7 +186,7 @@ def _evaluate_untrained(bench, methods, lesion_missed_by=None):
         bench.state["stages"][f"train_{m.key}"] = {"status": "done", "wall_s": 1.0, "attempts_s": [1.0],
                                                        "epoch_time_s": 1.0}
         bench.state["stages"][f"predict_{m.key}"] = {"status": "done", "wall_s": 1.0}
-        bench.stage(f"evaluate_{m.key}", bench.evaluate(m))
+        bench.stage(f"evaluate_{m.key}", bench.evaluate(m.key))
 
 
 def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress(bench_dataset, tmp_path):
