@@ -26,7 +26,9 @@ evaluated (no checkpoint selection; nnU-Net's final validation is skipped). Gap 
 train the budget, then A&D (``--ad_trainer``, e.g. ADTrainer_finetune) continues the labeled-only model for F steps,
 and so does nnU-Net alone at the same learning rate (``--finetune_lr``): the matched control A&D is compared with
 (paired, gap closure); the all-labels model is continued likewise. Each continuation starts from the model's
-``checkpoint_final.pth`` through ``adnnunet_warm_start`` and ``nnUNetv2_train ... --c``.
+``checkpoint_final.pth`` through ``adnnunet_warm_start`` and ``nnUNetv2_train ... --c``. ``--dev_interpolations A
+...`` also scores, on the development cases (``--dev_cases``), A&D's model at other interpolation weights between
+its start and its trained weights (``adnnunet_export --interpolation``), to check the saved model's weight.
 
 ``--methods`` picks the runs (default: all three). A&D and labeled only are mandatory; ``--methods ad labeled_only``
 skips the all-labels upper bound when time is short, and the report then gives no gap closure (reported as not
@@ -43,7 +45,8 @@ setting: for UDA "labeled only" is the source-only model and "all labels" the or
 
 Stages (each recorded in ``<out>/state.json`` when complete; a rerun skips completed stages and continues an
 interrupted training with ``--c``; every subprocess writes to ``<out>/logs/<stage>.log``): plan, preprocess (preset),
-settings, preprocess_unlabeled, trainers, train_*, predict_*, evaluate_*, report.
+settings, preprocess_unlabeled, trainers, [warm_start_*], train_*, predict_*, evaluate_*, [the development cases'
+predict_dev_*, evaluate_dev_*, export_ad_a*], report.
 
 Modules, one job each:
 

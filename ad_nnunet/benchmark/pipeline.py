@@ -287,6 +287,17 @@ class Benchmark(BenchmarkInputs, StageRunner):
                     "wall_s": round(self.run_cmd(f"export_{interpolation_key(a)}", cmd), 2)}
         return run
 
+    def score_interpolation(self, a: float) -> None:
+        """Stages export_, predict_dev_ and evaluate_dev_ad_a<A>: A&D's model at interpolation weight ``a``, exported
+        as a stock model, on the development cases."""
+        from ad_nnunet.export import STOCK_TRAINER  # imports torch: only with --dev_interpolations
+
+        key = interpolation_key(a)
+        self.stage(f"export_{key}", self.export_interpolation(a))
+        self.stage(f"predict_dev_{key}", self._predict(key, STOCK_TRAINER, self.ad_method.fold, "dev",
+                                                       self.interpolation_root(a)))
+        self.stage(f"evaluate_dev_{key}", self.evaluate(key, "dev"))
+
     @property
     def ad_method(self) -> Method:
         return next(m for m in self.methods if m.key == "ad")
@@ -323,14 +334,8 @@ class Benchmark(BenchmarkInputs, StageRunner):
             for m in self.dev_methods:
                 self.stage(f"predict_dev_{m.key}", self.predict(m, "dev"))
                 self.stage(f"evaluate_dev_{m.key}", self.evaluate(m.key, "dev"))
-            if self.dev_interpolations:
-                from ad_nnunet.export import STOCK_TRAINER  # imports torch: only here
             for a in self.dev_interpolations:
-                key = interpolation_key(a)
-                self.stage(f"export_{key}", self.export_interpolation(a))
-                self.stage(f"predict_dev_{key}", self._predict(key, STOCK_TRAINER, self.ad_method.fold, "dev",
-                                                               self.interpolation_root(a)))
-                self.stage(f"evaluate_dev_{key}", self.evaluate(key, "dev"))
+                self.score_interpolation(a)
         self.stage("report", self.report)
         self.log(f"report: {self.out / 'report.md'}")
         return self.out / "report.md"

@@ -93,7 +93,8 @@ class StageRunner:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cmd)}\n")
             log.flush()
             t = time.time()
-            rc = subprocess.run([exe] + cmd[1:], stdout=log, stderr=subprocess.STDOUT, env={**self.env(stage), **(env or {})}).returncode
+            rc = subprocess.run([exe] + cmd[1:], stdout=log, stderr=subprocess.STDOUT,
+                                env={**self.env(stage), **(env or {})}).returncode
             seconds = time.time() - t
         if rc != 0:
             tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
