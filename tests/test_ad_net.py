@@ -102,7 +102,7 @@ def test_without_diffusion_stream():
     out = net(torch.randn(1, 1, 16, 16, 16), mode="train", x_unlabeled=torch.randn(1, 1, 16, 16, 16))
     assert set(out) == {"psi", "theta_u", "psi_u"}
     assert net.ema_sources == [net.decoder_psi]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="built without the diffusion stream"):
         net(torch.randn(1, 1, 16, 16, 16), mode="denoise")
     # the shared part is built from the same random draws as the full network's (the stream is built after it)
     full = build().state_dict()

@@ -63,9 +63,9 @@ def test_grads_and_requires_grad_preserved():
 
 
 def test_errors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"sources must not be empty"):
         ema_blend_(Tiny(1.0, 0.0), [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\]"):
         ema_blend_(Tiny(1.0, 0.0), [Tiny(1.0, 0.0)], momentum=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"no parameter of Linear matches"):
         ema_blend_(nn.Linear(2, 2), [nn.Conv1d(1, 1, 1)])  # no shared name+shape: a wiring bug

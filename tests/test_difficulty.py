@@ -117,13 +117,13 @@ def test_absent_class_and_zero_dice_stay_finite():
 
 def test_validation():
     dw = DifficultyWeights(2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, 2"):
         dw.update(torch.zeros(1, 3, 4), _target([0, 1, 0, 1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target must have shape \(1, 1, 4\)"):
         dw.update(torch.zeros(1, 2, 4), _target([0, 1, 0]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target values must lie in \[0, 2\)"):
         dw.update(torch.zeros(1, 2, 4), _target([0, 1, 2, 1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2"):
         DifficultyWeights(1)
 
 

@@ -22,14 +22,14 @@ def test_encode_labels_values_and_shape():
 
 @pytest.mark.parametrize("bad", [torch.tensor([[[[0, 3]]]]), torch.tensor([[[[-1, 0]]]])])
 def test_encode_labels_rejects_out_of_range(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seg values must lie in \[0, 3\)"):
         encode_labels(bad, 3)
 
 
 def test_encode_labels_rejects_bad_shape_and_dtype():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seg must have shape \(B, 1"):
         encode_labels(torch.zeros(1, 2, 3, 3, dtype=torch.long), 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seg must be an integer label map"):
         encode_labels(torch.zeros(1, 1, 3, 3), 3)
 
 
@@ -44,7 +44,7 @@ def test_schedule_constants():
     # rescaled schedule: T=100 uses 10x larger betas
     s100 = LinearDiffusionSchedule(100)
     assert s100.betas[0].item() == pytest.approx(1e-3) and s100.betas[-1].item() == pytest.approx(0.2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"gives betas > 1"):
         LinearDiffusionSchedule(10)  # betas would exceed 1
 
 
@@ -83,9 +83,9 @@ def test_q_sample_statistics():
 
 def test_q_sample_validates_shapes():
     s = LinearDiffusionSchedule(1000)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"t must have shape \(2,\)"):
         s.q_sample(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"noise shape \(2, 4\) differs"):
         s.q_sample(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
 
 
@@ -101,7 +101,7 @@ def test_ddim_timesteps_matches_guided_diffusion_respacing():
 
 @pytest.mark.parametrize("bad", [0, -1, 1001, 2.0])
 def test_ddim_timesteps_validation(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_steps must be an int in \[1, 1000\]"):
         LinearDiffusionSchedule(1000).ddim_timesteps(bad)
 
 
@@ -161,9 +161,9 @@ def test_ddim_deterministic_with_same_seed_and_no_grad():
 def test_ddim_sample_validation():
     s = LinearDiffusionSchedule(1000)
     fn = lambda x, t: x  # noqa: E731
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_steps must be an int in \[1, 1000\], got 0"):
         s.ddim_sample(fn, (1, 2, 3, 3), num_steps=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_steps must be an int in \[1, 1000\], got 1001"):
         s.ddim_sample(fn, (1, 2, 3, 3), num_steps=1001)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"eta must be >= 0"):
         s.ddim_sample(fn, (1, 2, 3, 3), eta=-0.1)

@@ -93,9 +93,9 @@ def test_half_precision_logits_with_float32_weights():
 
 def test_input_validation():
     logits, target = _batch()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target must have shape \(2, 1, 6, 5, 4\)"):
         dice_ce_loss(logits, target[:, :, :-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"class_weights must have shape \(3,\)"):
         dice_ce_loss(logits, target, torch.ones(4))
 
 
@@ -106,5 +106,5 @@ def test_sigmoid_rampup_values():
     assert sigmoid_rampup(250, 100) == 1.0
     assert sigmoid_rampup(-10, 100) == pytest.approx(math.exp(-5))
     assert sigmoid_rampup(3, 0) == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rampup_length must be >= 0"):
         sigmoid_rampup(1, -1)

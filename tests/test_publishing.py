@@ -44,7 +44,7 @@ def test_staged_dataset_publishes_replaces_and_rolls_back(tmp_path):
         staged.mkdir()
         (staged / "v").write_text("2")
     assert (target / "v").read_text() == "2"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="builder failed"):
         with staged_dataset(target) as staged:
             staged.mkdir()
             (staged / "v").write_text("3")

@@ -42,11 +42,11 @@ def test_smoothing_matches_direct_sum_in_interior():
 
 
 def test_smoothing_validates_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"kernel_size must be a positive odd number"):
         GaussianSmoothing(2, kernel_size=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"dim must be 1, 2 or 3"):
         GaussianSmoothing(2, dim=4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected \(B, 2\) \+ 3 spatial dims"):
         GaussianSmoothing(2, dim=3)(torch.zeros(1, 3, 4, 4, 4))
 
 
@@ -81,9 +81,9 @@ def test_no_grad_and_deterministic_with_generator():
 
 def test_shape_and_tau_validation():
     sm = GaussianSmoothing(3, dim=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"logits_xi \(1, 3, 4, 4\) and logits_psi \(1, 3, 4, 5\) differ"):
         rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), sm)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"tau must be a positive finite number"):
         rs_pseudo_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), sm, tau=0.0)
 
 
