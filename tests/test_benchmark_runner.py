@@ -253,7 +253,7 @@ def test_warm_start_budget_trainers_and_commands(bench_dataset, tmp_path, monkey
         "BenchnnUNetTrainer_2x2", "BenchADTrainer_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
     assert bench.dev == sorted((tmp_path / "unlabeled.txt").read_text().split())[:2]
     assert bench.dev_methods == bench.methods  # the all-labels run is never scored on development cases
-    module = Path(bench.write_trainers({})["file"]).read_text()
+    module = bench.write_trainers().read_text()
     for name, epochs in (("BenchnnUNetTrainer_2x2", 2), ("BenchADTrainer_1x2_ddim2", 1), ("BenchnnUNetTrainer_3x2", 3)):
         declaration = next(line for line in module.splitlines() if line.startswith(f"{name} = make_variant("))
         assert f"num_epochs={epochs}," in declaration
@@ -518,7 +518,7 @@ def test_extra_trainers_are_ladder_rungs_with_the_same_budget(bench_dataset, tmp
     assert [bench.trainer(m) for m in bench.methods] == [
         "BenchADTrainer_2x2_ddim2", "BenchnnUNetTrainer_2x2", "BenchnnUNetTrainerNoDeepSupervision_2x2",
         "BenchADTrainer_paper_2x2_ddim2"]
-    module_file = Path(bench.write_trainers({})["file"])
+    module_file = bench.write_trainers()
     namespace = {}
     exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)  # the generated module imports
     from ad_nnunet.training.variants import ADTrainer_paper
@@ -539,7 +539,7 @@ def test_ad_trainer_variant_is_the_ad_method_with_the_budget(bench_dataset, tmp_
     assert [bench.trainer(m) for m in bench.methods] == [
         "BenchnnUNetTrainer_2x2", "BenchADTrainer_finetune_1x2_ddim2", "BenchnnUNetTrainer_3x2"]
     assert bench.methods[1].label == "A&D (ADTrainer_finetune)" and bench.config()["ad_trainer"] == "ADTrainer_finetune"
-    module_file = Path(bench.write_trainers({})["file"])
+    module_file = bench.write_trainers()
     namespace = {}
     exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)
     from ad_nnunet.training.variants import ADTrainer_finetune
@@ -548,3 +548,27 @@ def test_ad_trainer_variant_is_the_ad_method_with_the_budget(bench_dataset, tmp_
         Benchmark(build_parser().parse_args(bench_args(ds, tmp_path / "y", extra=(
             "--ad_trainer", "nnUNetTrainerNoDeepSupervision"))), "cmd")
 
+
+
+def test_with_finetune_steps_an_ad_extra_trainer_continues_the_labeled_only_model(bench_dataset, tmp_path):
+    # A&D variants are compared with A&D under the same protocol; an nnU-Net rung stays a cold run of the budget
+    ds = bench_dataset
+    protocol = ("--finetune_steps", "2", "--finetune_lr", "0.005", "--methods", "ad", "labeled_only",
+                "--ad_trainer", "ADTrainer_finetune")
+    Benchmark(build_parser().parse_args(bench_args(ds, tmp_path, extra=protocol)), "cmd")
+    # a rerun in the same --out may add rungs, as it may add methods
+    bench = Benchmark(build_parser().parse_args(bench_args(ds, tmp_path, extra=protocol + (
+        "--extra_trainers", "ADTrainer_finetune_confident", "nnUNetTrainerNoDeepSupervision"))), "cmd")
+    assert [bench.trainer(m) for m in bench.methods] == [
+        "BenchnnUNetTrainer_2x2", "BenchnnUNetTrainer_1x2_lr0p005", "BenchADTrainer_finetune_1x2_lr0p005_ddim2",
+        "BenchADTrainer_finetune_confident_1x2_lr0p005_ddim2", "BenchnnUNetTrainerNoDeepSupervision_2x2"]
+    assert bench.starts == {"control": "labeled_only", "ad": "labeled_only",
+                            "ADTrainer_finetune_confident": "labeled_only"}
+    module_file = bench.write_trainers()
+    namespace = {}
+    exec(compile(module_file.read_text(), str(module_file), "exec"), namespace)
+    rung = namespace["BenchADTrainer_finetune_confident_1x2_lr0p005_ddim2"]
+    assert rung.overrides["initial_lr"] == 0.005 and rung.overrides["num_epochs"] == 1
+    extra = next(m for m in bench.methods if m.key == "ADTrainer_finetune_confident")
+    assert bench.warm_start_stage(extra) == "warm_start_ADTrainer_finetune_confident"
+    assert bench.state["methods"][-2:] == ["ADTrainer_finetune_confident", "nnUNetTrainerNoDeepSupervision"]

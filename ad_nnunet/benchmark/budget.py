@@ -83,14 +83,16 @@ class Budget:
     With ``warm_start_steps`` W > 0, A&D's total is still ``steps``: nnU-Net trains ``steps - W`` steps on the
     labeled cases (the warm source), then A&D trains W steps from that model.
 
-    With ``finetune_steps`` F > 0, labeled-only and all-labels nnU-Net train ``steps``; then A&D, the matched
-    control and the all-labels model each train F more steps at ``finetune_lr`` (totals ``steps + F``)."""
+    With ``finetune_steps`` F > 0, labeled-only and all-labels nnU-Net train ``steps``; then the runs in
+    ``finetuned`` (A&D, the matched control, the all-labels model, and A&D variants of ``--extra_trainers``) each
+    train F more steps at ``finetune_lr`` (totals ``steps + F``)."""
     steps: int
     iterations_per_epoch: int
     ddim_steps: int
     warm_start_steps: int = 0
     finetune_steps: int = 0
     finetune_lr: float = 1e-3
+    finetuned: tuple = FINETUNED
 
     def epochs(self, steps: int) -> int:
         return math.ceil(steps / self.iterations_per_epoch)
@@ -109,7 +111,7 @@ class Budget:
             return self.warm_start_steps
         if method_key == WARM_SOURCE.key:
             return self.steps - self.warm_start_steps
-        if self.finetune_steps and method_key in FINETUNED:
+        if self.finetune_steps and method_key in self.finetuned:
             return self.finetune_steps
         return self.total_steps
 
@@ -119,7 +121,7 @@ class Budget:
 
     def lr(self, method_key: str) -> Optional[float]:
         """The learning rate a run must use instead of its trainer's own (the fine-tuning runs), else None."""
-        return self.finetune_lr if self.finetune_steps and method_key in FINETUNED else None
+        return self.finetune_lr if self.finetune_steps and method_key in self.finetuned else None
 
     @property
     def val_iterations(self) -> int:

@@ -63,7 +63,7 @@ class BenchmarkInputs:
                                f"configuration {preset_config}. Fix: drop --configuration or the preset.")
         self.configuration = args.configuration or preset_config or "3d_fullres"
         self.budget = Budget(args.steps, args.iterations_per_epoch, args.ddim_steps, args.warm_start_steps,
-                             args.finetune_steps, args.finetune_lr)
+                             args.finetune_steps, args.finetune_lr, finetuned=tuple(self.starts))
         if args.dev_cases < 0:
             raise ADInputError(f"--dev_cases {args.dev_cases} must be >= 0.")
         self.labeled = read_case_ids(args.labeled, "labeled")
@@ -108,7 +108,10 @@ class BenchmarkInputs:
             self.methods = tuple(runs[k] for k in order if k in runs and (k != FULL_SOURCE.key or "full" in runs))
             self.starts = {k: ("full_source" if k == "full" else "labeled_only") for k in FINETUNED if k in runs}
             self.baseline = CONTROL.key
-        self.methods += tuple(ladder_method(name) for name in dict.fromkeys(args.extra_trainers))
+        extras = tuple(ladder_method(name) for name in dict.fromkeys(args.extra_trainers))
+        if f:  # A&D variants continue the labeled-only model like A&D itself: rungs compared under one protocol
+            self.starts.update({m.key: "labeled_only" for m in extras if m.kind == "ad"})
+        self.methods += extras
 
     def _check_cases(self) -> None:
         for folder, what in ((self.test_images, "--test_images"), (self.test_labels, "--test_labels")):
@@ -177,5 +180,5 @@ class BenchmarkInputs:
                 **({"finetune_steps": self.budget.finetune_steps, "finetune_lr": self.budget.finetune_lr}
                    if self.budget.finetune_steps else {}),
                 **({"dev": self.dev} if self.dev else {}),
-                **({"extra_trainers": list(self.args.extra_trainers)} if self.args.extra_trainers else {}),
+                # not --extra_trainers: like --methods, a rerun may add rungs (the report is rebuilt)
                 **({"ad_trainer": self.args.ad_trainer} if self.args.ad_trainer != "ADTrainer" else {})}

@@ -1,6 +1,7 @@
 """The benchmark's stages in their order (:meth:`Benchmark.run`): plan, preprocess, settings, preprocess_unlabeled,
-trainers, [warm_start_*], train_*, predict_*, evaluate_*, [dev_folders, predict_dev_*, evaluate_dev_*,
-[export_ad_a*, predict_dev_ad_a*, evaluate_dev_ad_a*]], report.
+[warm_start_*], train_*, predict_*, evaluate_*, [dev_folders, predict_dev_*, evaluate_dev_*,
+[export_ad_a*, predict_dev_ad_a*, evaluate_dev_ad_a*]], report. Before the trainings, every invocation writes the
+runs' trainer classes (``<out>/trainers/bench_trainers.py``), so a rerun that adds a run also has its class.
 
 Each stage is a command of nnU-Net or ad-nnunet in a subprocess (``runner.StageRunner.run_cmd``), so the benchmark
 measures what a user runs."""
@@ -150,12 +151,13 @@ class Benchmark(BenchmarkInputs, StageRunner):
         return {"cases": self.dev}
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def write_trainers(self, entry: dict) -> dict:
+    def write_trainers(self) -> Path:
+        """The module of the runs' trainer classes, written on every invocation: a rerun may add runs."""
         path = self.out / "trainers" / "bench_trainers.py"
         path.parent.mkdir(exist_ok=True)
         text = trainer_module_source(self.budget, self.methods)
         write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        return {"file": str(path)}
+        return path
 
     def warm_start(self, m: Method) -> Callable[[dict], dict]:
         """The epoch-0 checkpoint of run ``m`` from the final model of the run it starts from (adnnunet_warm_start:
@@ -320,7 +322,7 @@ class Benchmark(BenchmarkInputs, StageRunner):
         self.stage("preprocess", self.preprocess)
         self.stage("settings", self.settings)
         self.stage("preprocess_unlabeled", self.preprocess_unlabeled)
-        self.stage("trainers", self.write_trainers)
+        self.log(f"trainers: {self.write_trainers()}")
         for m in sorted(self.methods, key=lambda m: m.key in self.starts):  # a warm start needs its source
             if m.key in self.starts:
                 self.stage(self.warm_start_stage(m), self.warm_start(m))
