@@ -187,6 +187,24 @@ def test_pseudo_labels_carry_no_gradient_and_L_u_reaches_theta_and_encoder(tiny,
     trainer.on_train_end()
 
 
+def test_min_confidence_setting_leaves_unsure_pseudo_label_voxels_out_of_L_u(tiny):
+    trainer = make_trainer(tiny)
+    trainer.on_train_start()
+    batch = next(trainer.dataloader_train)
+    target = [t.long() for t in batch["target"]]
+    unlabeled = next(trainer.dataloader_unlabeled)["data"]
+    assert trainer.pseudo_label_min_confidence is None  # the paper's RS: every voxel
+    assert trainer.loss_terms(batch["data"], target, unlabeled)["pseudo_ignored_fraction"] == 0.0
+    trainer.pseudo_label_min_confidence = 1.0  # the fused score never reaches full agreement: every voxel is out
+    terms = trainer.loss_terms(batch["data"], target, unlabeled)
+    assert terms["pseudo_ignored_fraction"] == 1.0 and terms["L_u"].item() == 0.0
+    assert terms["L_diff"].item() != 0.0  # the labeled terms are untouched
+    trainer.pseudo_label_min_confidence = 0.75
+    ignored = trainer.loss_terms(batch["data"], target, unlabeled)["pseudo_ignored_fraction"]
+    assert 0.0 < ignored < 1.0
+    trainer.on_train_end()
+
+
 ABLATIONS = {  # the hook each overrides (without the diffusion stream, the pseudo-label must do without D_xi)
     "ADTrainer_noSVDA": {"svda_augmentation"},
     "ADTrainer_noDRS": {"class_weights"},
@@ -235,6 +253,14 @@ def test_finetune_recipe_is_the_strong_view_with_four_settings(tiny):
     assert type(finetune).__bases__ == (ADTrainer_strongView,)
     assert _own_members(ADTrainer_strongView) == {"forward_and_pseudo_label"}
     assert finetune.unlabeled_weight() == finetune.unlabeled_loss_weight  # no ramp: full weight at epoch 0
+
+
+def test_confident_variant_is_the_finetune_recipe_with_a_confidence_threshold(tiny):
+    from ad_nnunet.training.variants import ADTrainer_finetune
+
+    confident, finetune = make_trainer(tiny, "ADTrainer_finetune_confident"), make_trainer(tiny, "ADTrainer_finetune")
+    assert _differing_attributes(confident, finetune) == {"pseudo_label_min_confidence": 0.8}
+    assert type(confident).__bases__ == (ADTrainer_finetune,)
 
 
 def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation(tiny):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
+from ad_nnunet.method.losses import IGNORE_LABEL, dice_ce_loss, sigmoid_rampup
 
 
 def _batch(shape=(2, 3, 6, 5, 4), seed=0):
@@ -108,3 +108,46 @@ def test_sigmoid_rampup_values():
     assert sigmoid_rampup(3, 0) == 1.0
     with pytest.raises(ValueError, match=r"rampup_length must be >= 0"):
         sigmoid_rampup(1, -1)
+
+
+@pytest.mark.parametrize("weights", [None, torch.tensor([0.5, 2.0, 3.0])], ids=["unweighted", "weighted"])
+def test_ignored_voxels_count_nowhere(weights):
+    logits, target = _batch()
+    ignored = torch.rand(target.shape, generator=torch.Generator().manual_seed(3)) < 0.3
+    masked_target = target.masked_fill(ignored, IGNORE_LABEL)
+    a = logits.clone().requires_grad_(True)
+    loss = dice_ce_loss(a, masked_target, weights)
+    loss.backward()
+    # the ignored voxels get no gradient, and what they hold (logits, label) does not change the loss
+    assert torch.all(a.grad.movedim(1, -1)[ignored[:, 0]] == 0)
+    other_logits = torch.where(ignored, torch.randn_like(logits), logits)
+    assert dice_ce_loss(other_logits, masked_target, weights).item() == pytest.approx(loss.item(), abs=1e-6)
+    # by hand: weighted CE over the kept voxels, Dice sums over the kept voxels
+    kept = ~ignored[:, 0]
+    w = torch.ones(3) if weights is None else weights
+    probs = torch.softmax(logits, 1).movedim(1, -1)[kept]
+    onehot = F.one_hot(target[:, 0][kept], 3).float()
+    ce = F.cross_entropy(logits.movedim(1, -1)[kept], target[:, 0][kept], weight=w)
+    dice = torch.stack([w[c] * _manual_dice(probs[:, c], onehot[:, c]) for c in (1, 2)]).mean()
+    assert loss.item() == pytest.approx((ce - dice).item(), abs=1e-6)
+
+
+def test_matches_nnunet_dc_and_ce_loss_with_an_ignore_label():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    logits, target = _batch()
+    ignored = torch.rand(target.shape, generator=torch.Generator().manual_seed(4)) < 0.25
+    # nnU-Net's ignore label is the first index after the classes; ours is IGNORE_LABEL
+    reference = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                               weight_ce=1, weight_dice=1, ignore_label=3, dice_class=MemoryEfficientSoftDiceLoss)
+    ours = dice_ce_loss(logits, target.masked_fill(ignored, IGNORE_LABEL))
+    assert ours.item() == pytest.approx(reference(logits, target.masked_fill(ignored, 3)).item(), abs=1e-5)
+
+
+def test_all_voxels_ignored_gives_zero_loss_and_zero_gradient():
+    logits, target = _batch()
+    a = logits.clone().requires_grad_(True)
+    loss = dice_ce_loss(a, torch.full_like(target, IGNORE_LABEL))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(a.grad == 0)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ad_nnunet.method.losses import IGNORE_LABEL
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, argmax_pseudo_label, rs_pseudo_label
 
 
@@ -105,3 +106,22 @@ def test_diffusion_logits_are_clipped_like_the_official_pred_xstart():
     assert torch.equal(clipped, same)
     with pytest.raises(ValueError, match="xstart_clip"):
         rs_pseudo_label(xi, psi, sm, xstart_clip=0.0)
+
+
+def test_min_confidence_leaves_out_the_voxels_where_the_streams_are_unsure():
+    # left half: both streams sure of class 1; right half: D_psi 50/50 and D_xi undecided (kappa about 0.5)
+    sm = GaussianSmoothing(2, dim=2)
+    xi = torch.zeros(2, 2, 8, 16)
+    psi = torch.zeros(2, 2, 8, 16)
+    xi[..., :8] = torch.tensor([-50.0, 50.0])[:, None, None]
+    psi[..., :8] = torch.tensor([-10.0, 10.0])[:, None, None]
+    plain = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0))
+    masked = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), min_confidence=0.7)
+    assert (masked[..., :6] == 1).all()  # away from the halves' border, the sure half is kept
+    assert (masked[..., 9:] == IGNORE_LABEL).all()
+    kept = masked != IGNORE_LABEL
+    assert torch.equal(masked[kept], plain[kept])  # the same Gumbel draw: thresholding only removes voxels
+    everything = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), min_confidence=0.0)
+    assert torch.equal(everything, plain)
+    with pytest.raises(ValueError, match=r"min_confidence must be in \[0, 1\] or None, got 1.5"):
+        rs_pseudo_label(xi, psi, sm, min_confidence=1.5)

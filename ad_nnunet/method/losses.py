@@ -23,6 +23,11 @@ With ``class_weights=None`` (or all ones) the loss equals nnU-Net's ``DC_and_CE_
 ``MemoryEfficientSoftDiceLoss``, ``batch_dice=True``, ``do_bg=False``, ``smooth=1e-5`` on one process.
 Under DDP the Dice sums stay per process (no all-gather), as in the single-GPU official code.
 
+**Ignored voxels.** Target voxels equal to ``IGNORE_LABEL`` (-1; A&D's pseudo-labels where the RS fusion is not
+confident, rs_fusion.py) count nowhere: CE averages over the other voxels (``ignore_index``), and every Dice sum
+runs over them only (:math:`p_c` and :math:`g_c` multiplied by the mask), as nnU-Net's ignore label does. A batch
+with every voxel ignored gives a loss of 0 with zero gradient.
+
 **Ramp-up.** :math:`\mu(t) = \mu \cdot \exp(-5 (1 - \mathrm{clip}(t / T, 0, 1))^2)`, 1 for :math:`T = 0`.
 """
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+IGNORE_LABEL = -1
+
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: Optional[torch.Tensor] = None,
                  smooth: float = 1e-5) -> torch.Tensor:
@@ -40,7 +47,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: Opti
 
     Args:
         logits: ``(B, C, *spatial)`` raw network output, :math:`C \ge 2`.
-        target: ``(B, 1, *spatial)`` integer labels in ``[0, C)``.
+        target: ``(B, 1, *spatial)`` integer labels in ``[0, C)``, or ``IGNORE_LABEL`` for voxels left out.
         class_weights: optional ``(C,)`` weights :math:`w` (detached by the caller; used as given).
         smooth: :math:`s` in the Dice formula.
 
@@ -55,16 +62,24 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: Opti
     if class_weights is not None and class_weights.shape != (num_classes,):
         raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
     labels = target[:, 0].long()
+    kept = labels != IGNORE_LABEL
+    if not kept.any():
+        return logits.sum() * 0.0
 
     # float32 like autocast does for cross_entropy; also lets float32 weights meet half-precision logits
     weight = None if class_weights is None else class_weights.to(device=logits.device, dtype=torch.float32)
-    ce = F.cross_entropy(logits.float(), labels, weight=weight)
+    ce = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_LABEL)
 
     probs = torch.softmax(logits, dim=1)[:, 1:]
     axes = (0,) + tuple(range(2, logits.ndim))
     with torch.no_grad():
-        onehot = F.one_hot(labels, num_classes).movedim(-1, 1)[:, 1:].to(torch.float32)
+        onehot = F.one_hot(labels.clamp_min(0), num_classes).movedim(-1, 1)[:, 1:].to(torch.float32)
+        mask = None if kept.all() else kept[:, None].to(torch.float32)
+        if mask is not None:
+            onehot = onehot * mask
         sum_gt = onehot.sum(axes, dtype=torch.float32)
+    if mask is not None:
+        probs = probs * mask
     intersect = (probs * onehot).sum(axes, dtype=torch.float32)
     sum_pred = probs.sum(axes, dtype=torch.float32)
     dice = (2 * intersect + smooth) / (sum_gt + sum_pred + smooth).clamp_min(1e-8)

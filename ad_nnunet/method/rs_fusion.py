@@ -13,7 +13,13 @@ with a small Gaussian kernel, and added to the softmax of the plain decoder's lo
 
 with :math:`\tau = 1` (soft sample, ``hard=False``) and :math:`G_\sigma` a normalised, depthwise Gaussian kernel
 (size 3, :math:`\sigma = 1`): :math:`k(\mathbf x) \propto \exp(-\lVert \mathbf x \rVert^2 / 2\sigma^2)` on the
-offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`. There is no confidence threshold.
+offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`.
+
+**Confidence.** The fused score :math:`s_c` (the bracket above) sums to 2 over the classes, so
+:math:`\kappa = \max_c s_c / 2 \in [1/C, 1]` is how strongly the two streams agree on :math:`\hat y`. The paper and
+the official code use every voxel (no threshold; ``min_confidence=None`` here). With ``min_confidence`` set, voxels
+with :math:`\kappa <` ``min_confidence`` get ``IGNORE_LABEL`` (losses.py) and drop out of :math:`L_u`: typically the
+object's boundary, where :math:`D_\psi` is near 50/50 and the smoothed Gumbel sample is soft.
 
 **Clipping.** The Gumbel-softmax gets the diffusion stream's ``pred_xstart`` as the official code does: its DDIM
 sampler runs with ``clip_denoised=True``, so the last step's :math:`x_0` output is clamped to :math:`[-1, 1]` before
@@ -34,6 +40,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ad_nnunet.method.losses import IGNORE_LABEL
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -93,7 +101,7 @@ def _gumbel_softmax(logits: torch.Tensor, tau: float, generator: Optional[torch.
 @torch.no_grad()
 def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
                     tau: float = 1.0, generator: Optional[torch.Generator] = None,
-                    xstart_clip: Optional[float] = 1.0) -> torch.Tensor:
+                    xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None) -> torch.Tensor:
     r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad.
 
     Args:
@@ -104,6 +112,8 @@ def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing
         generator: optional ``torch.Generator`` on the logits' device for the Gumbel noise.
         xstart_clip: :math:`\ell^\xi` is clamped to ``[-xstart_clip, xstart_clip]`` before the Gumbel-softmax
             (module docstring); None leaves it unclipped.
+        min_confidence: voxels whose confidence :math:`\kappa` (module docstring) is below it get ``IGNORE_LABEL``;
+            None (the paper's RS) keeps every voxel.
     """
     if logits_xi.shape != logits_psi.shape:
         raise ValueError(f"logits_xi {tuple(logits_xi.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
@@ -113,8 +123,13 @@ def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing
         if xstart_clip <= 0 or not math.isfinite(xstart_clip):
             raise ValueError(f"xstart_clip must be a positive finite number or None, got {xstart_clip}")
         logits_xi = logits_xi.clamp(-xstart_clip, xstart_clip)
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be in [0, 1] or None, got {min_confidence}")
     score = smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
-    return score.argmax(dim=1, keepdim=True)
+    best, label = score.max(dim=1, keepdim=True)
+    if min_confidence is not None:
+        label[best / 2 < min_confidence] = IGNORE_LABEL
+    return label
 
 
 @torch.no_grad()

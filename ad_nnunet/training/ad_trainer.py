@@ -7,7 +7,7 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
     L_diff = nnU-Net's deep-supervised Dice+CE of D_psi(x_l) against y_l  (the paper's recipe, ADTrainer_paper:
              full-resolution DiceCE_w with w = DRS(D_xi's labeled prediction))
     y_hat  = argmax(GaussSmooth(GumbelSoftmax(clip(DDIM(x_u), -1, 1))) + Softmax(D_psi(x_u)))   (RS, no gradient)
-    L_u    = DiceCE(D_theta(x_u), y_hat)
+    L_u    = DiceCE(D_theta(x_u), y_hat)   (with pseudo_label_min_confidence: over the voxels where RS is confident)
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
 
 Only D_theta (with the shared encoder) is used for validation and prediction: ``network(x)`` is D_theta(E(x)).
@@ -58,7 +58,7 @@ from ad_nnunet.data.unlabeled_preprocessing import preprocess_unlabeled, unlabel
 from ad_nnunet.data.worker_exit import exiting_with_parent
 from ad_nnunet.errors import ADInputError, report_input_errors_plainly
 from ad_nnunet.method.decoupling import ema_blend_
-from ad_nnunet.method.losses import dice_ce_loss, sigmoid_rampup
+from ad_nnunet.method.losses import IGNORE_LABEL, dice_ce_loss, sigmoid_rampup
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.method.svda import svda_training_transforms
 from ad_nnunet.network.ad_net import ADNet, build_ad_network
@@ -118,6 +118,9 @@ class ADTrainer(nnUNetTrainer):
         # a in [0, 1]: the saved final model is (1 - a) * start + a * trained (weight_interpolation.py); None: the
         # trained model. Needs a warm start (adnnunet_warm_start), which records the start.
         self.final_interpolation: Optional[float] = None
+        # kappa in [0, 1]: pseudo-label voxels whose RS confidence is below it are left out of L_u (rs_fusion.py);
+        # None: every voxel, as in the paper
+        self.pseudo_label_min_confidence: Optional[float] = None
         for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
         if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
@@ -307,7 +310,7 @@ class ADTrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy() if stepped else np.array(np.nan),
                 "skipped": float(not stepped), "mu": mu,
                 **{k: v.detach().cpu().numpy() for k, v in terms.items() if torch.is_tensor(v)},
-                "pseudo_fg_fraction": terms["pseudo_fg_fraction"]}
+                **{k: terms[k] for k in ("pseudo_fg_fraction", "pseudo_ignored_fraction")}}
 
     def loss_terms(self, image: torch.Tensor, target: List[torch.Tensor], unlabeled: torch.Tensor) -> Dict:
         """L_deno, L_diff and L_u for one labeled batch (targets per deep-supervision scale, full resolution first)
@@ -319,7 +322,8 @@ class ADTrainer(nnUNetTrainer):
         return {"L_deno": self.diffusion.loss(out, labels),
                 "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),
                 "L_u": dice_ce_loss(out["theta_u"], pseudo),
-                "pseudo_fg_fraction": float((pseudo > 0).float().mean())}
+                "pseudo_fg_fraction": float((pseudo > 0).float().mean()),
+                "pseudo_ignored_fraction": float((pseudo == IGNORE_LABEL).float().mean())}
 
     def forward_and_pseudo_label(self, image: torch.Tensor, noisy_labels: Dict[str, torch.Tensor],
                                  unlabeled: torch.Tensor, logits_xi_u: Optional[torch.Tensor]
@@ -351,7 +355,8 @@ class ADTrainer(nnUNetTrainer):
     @torch.no_grad()
     def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
         """Hook: y_hat from D_xi's DDIM logits and D_psi's logits on the unlabeled batch: RS (rs_fusion.py)."""
-        return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau)
+        return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau,
+                               min_confidence=self.pseudo_label_min_confidence)
 
     def unlabeled_weight(self) -> float:
         ramp = self.num_epochs if self.mu_rampup_epochs is None else self.mu_rampup_epochs
@@ -381,15 +386,15 @@ class ADTrainer(nnUNetTrainer):
         finite = [o for o in train_outputs if not o["skipped"]] or train_outputs
         super().on_train_epoch_end([{"loss": o["loss"]} for o in finite])
         summary = {key: float(np.nanmean([float(o[key]) for o in finite]))
-                   for key in ("L_deno", "L_diff", "L_u", "mu", "pseudo_fg_fraction")}
+                   for key in ("L_deno", "L_diff", "L_u", "mu", "pseudo_fg_fraction", "pseudo_ignored_fraction")}
         summary["skipped_steps"] = float(sum(o["skipped"] for o in train_outputs))
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, summary)
             summary = {k: float(np.mean([g[k] for g in gathered])) for k in summary}
         summary["class_weights"] = [float(w) for w in self.core.difficulty.weights.cpu()]
-        for key, value in summary.items():
-            self.logger.log(key, value, self.current_epoch)
+        for key in AD_LOG_KEYS:  # the ignored fraction is printed only: older checkpoints' logs lack it
+            self.logger.log(key, summary[key], self.current_epoch)
         self.print_to_log_file("A&D: " + ", ".join(
             f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
             for k, v in summary.items()))

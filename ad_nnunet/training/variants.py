@@ -67,7 +67,7 @@ AD_SETTINGS: Dict[str, Accepts] = {
     "svda_p_op": FRACTION, "gumbel_tau": POSITIVE,
     "smoothing_kernel_size": _int("an odd int >= 1", lambda v: v >= 1 and v % 2 == 1),
     "smoothing_sigma": POSITIVE, "seed": _int("an int >= 0", lambda v: v >= 0),
-    "final_interpolation": _or_none(FRACTION),
+    "final_interpolation": _or_none(FRACTION), "pseudo_label_min_confidence": _or_none(FRACTION),
 }
 
 
@@ -194,3 +194,7 @@ class ADTrainer_strongView(ADTrainer):
 # 50 x 150 steps; the saved model halfway between the start and the trained weights (chosen on development cases).
 ADTrainer_finetune = make_variant("ADTrainer_finetune", ADTrainer_strongView, initial_lr=1e-3, mu_rampup_epochs=0,
                                   num_epochs=50, final_interpolation=0.5)
+# Experimental, not yet measured against ADTrainer_finetune: L_u only where the RS fusion is confident
+# (rs_fusion.py), to spare the boundaries of scans the warm model already segments well.
+ADTrainer_finetune_confident = make_variant("ADTrainer_finetune_confident", ADTrainer_finetune,
+                                            pseudo_label_min_confidence=0.8)
