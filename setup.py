@@ -37,6 +37,7 @@ setup(
             "adnnunet_export = ad_nnunet.entrypoints.results:export_entry",
             "adnnunet_pseudolabels = ad_nnunet.entrypoints.results:pseudolabels_entry",
             "adnnunet_rank_unlabeled = ad_nnunet.entrypoints.results:rank_unlabeled_entry",
+            "adnnunet_confidence_probe = ad_nnunet.entrypoints.results:confidence_probe_entry",
             "adnnunet_demo = ad_nnunet.entrypoints.demo:demo_entry",
             "adnnunet_make_phantom = ad_nnunet.entrypoints.datasets:make_phantom_entry",
             "adnnunet_preprocess_unlabeled = ad_nnunet.entrypoints.preparation:preprocess_unlabeled_entry",

@@ -1,5 +1,5 @@
 """Commands on trained models and their predictions: adnnunet_warm_start, adnnunet_export, adnnunet_pseudolabels,
-adnnunet_rank_unlabeled, adnnunet_evaluate."""
+adnnunet_rank_unlabeled, adnnunet_confidence_probe, adnnunet_evaluate."""
 import argparse
 import os
 from typing import Optional, Sequence, Union
@@ -141,6 +141,73 @@ def rank_unlabeled_entry(argv: Optional[Sequence[str]] = None) -> int:
             raise ADInputError(f"--top {args.top}: must be at least 1. Fix: pass e.g. --top 5.")
         for row in ranked_cases(args.i, args.top):
             print("\t".join([row["case"], f"rank {row['rank']}"] + [f"{k} {row[k]:.4f}" for k in SCORES]))
+    return report_input_errors(p.prog, body)
+
+
+def confidence_probe_entry(argv: Optional[Sequence[str]] = None) -> int:
+    """``adnnunet_confidence_probe``: what a confidence threshold on the pseudo-label leaves out, on development
+    cases (ad_nnunet/evaluation/confidence_probe.py)."""
+    p = _model_arguments(
+        "adnnunet_confidence_probe",
+        "For a trained A&D run, score training's RS pseudo-label on patches of development cases (cases whose labels "
+        "the run never trained on, e.g. the benchmark's --dev_cases) at each confidence threshold: the fraction of "
+        "voxels it leaves out of L_u, the error rates of kept and left-out voxels, the share of errors removed. How "
+        "pseudo_label_min_confidence is chosen.", fold_help="fold of the A&D run", type=int)
+    p.add_argument("--cases", nargs="+", required=True, help="development case ids (training cases with labels in "
+                                                             "the run's preprocessed folder, not trained on)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint (default checkpoint_final.pth)")
+    p.add_argument("--thresholds", nargs="+", type=float, metavar="K", help="thresholds in [0, 1] (default 0.55 "
+                                                                            "to 0.9 in steps of 0.05)")
+    p.add_argument("--patches_per_case", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", help="also write the tables to this JSON file")
+    args = p.parse_args(argv)
+
+    def body():
+        import json
+
+        import torch
+        from nnunetv2.run.run_training import get_trainer_from_args
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        from ad_nnunet.checkpoints import load_checkpoint
+        from ad_nnunet.evaluation import confidence_probe as probe
+        from ad_nnunet.publishing import write_json_atomic
+
+        thresholds = args.thresholds or probe.DEFAULT_THRESHOLDS
+        if any(not 0 <= k <= 1 for k in thresholds) or args.patches_per_case < 1:
+            raise ADInputError("--thresholds must lie in [0, 1] and --patches_per_case be >= 1. Fix: e.g. "
+                               "--thresholds 0.7 0.8 0.9 --patches_per_case 2.")
+        checkpoint_file = os.path.join(_trained_run_folder(args), f"fold_{args.f}", args.chk)
+        if not os.path.isfile(checkpoint_file):
+            raise ADInputError(f"{checkpoint_file} does not exist. Fix: train fold {args.f} of -tr {args.tr} "
+                               f"first, or pass an existing checkpoint with -chk.")
+        split_file = os.path.join(os.path.dirname(checkpoint_file), "ad_split.json")
+        if not os.path.isfile(split_file):
+            raise ADInputError(f"{split_file} does not exist, so the cases the run trained on are unknown. Fix: pass "
+                               f"an A&D run (-tr), which writes it when training starts.")
+        with open(split_file, encoding="utf-8") as f:
+            trained_on = sorted(set(args.cases) & set(json.load(f)["labeled"]))
+        if trained_on:
+            raise ADInputError(f"case(s) {', '.join(trained_on)} are labeled training cases of fold {args.f}: "
+                               f"the run learned their labels. Fix: pass development cases (unlabeled cases whose "
+                               f"labels were hidden from training, e.g. the benchmark's --dev_cases).")
+        trainer = get_trainer_from_args(args.d, args.c, args.f, args.tr, args.p, device=torch.device("cpu"))
+        trainer.initialize()
+        dataset = infer_dataset_class(trainer.preprocessed_dataset_folder)(trainer.preprocessed_dataset_folder,
+                                                                           args.cases)
+        patches = probe.foreground_patches(dataset, args.cases, trainer.configuration_manager.patch_size,
+                                           args.patches_per_case, args.seed)
+        tables = {}
+        for name, state in probe.teachers(trainer, load_checkpoint(checkpoint_file)).items():
+            trainer.core.load_state_dict(state)
+            tables[name] = probe.threshold_table(trainer, patches, thresholds, args.seed)
+            print(f"teacher: {name} ({len(patches)} patches of {len(args.cases)} cases)\n"
+                  f"{probe.format_table(tables[name])}\n")
+        if args.o:
+            write_json_atomic(args.o, {"checkpoint": checkpoint_file, "cases": list(args.cases),
+                                       "patches_per_case": args.patches_per_case, "seed": args.seed,
+                                       "tables": tables})
     return report_input_errors(p.prog, body)
 
 
