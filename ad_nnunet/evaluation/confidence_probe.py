@@ -25,7 +25,7 @@ import torch
 
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.method.losses import IGNORE_LABEL
-from ad_nnunet.method.rs_fusion import rs_pseudo_label
+from ad_nnunet.method.rs_fusion import label_of_score, rs_score
 
 DEFAULT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -63,7 +63,7 @@ def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS, seed: int = 0) -> List[Dict]:
     """One row per threshold (None first: every voxel kept) for the teacher ``trainer.core`` holds now (module
     docstring). The DDIM sample of patch i is drawn under ``torch.manual_seed(seed + i)``, its Gumbel noise from a
-    generator seeded alike, so every threshold sees the same pseudo-label."""
+    generator seeded alike; the fused score is computed once and every threshold applied to it."""
     core = trainer.core
     core.eval()
     foreground = trainer.label_manager.foreground_labels
@@ -75,9 +75,9 @@ def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]
         torch.manual_seed(seed + i)
         logits_xi = trainer.diffusion.sample(image)
         logits_psi = core(image, mode="psi")
-        fused = {k: rs_pseudo_label(logits_xi.float(), logits_psi.float(), trainer.smoothing, tau=trainer.gumbel_tau,
-                                    generator=torch.Generator(trainer.device).manual_seed(seed + i), min_confidence=k)
-                 for k in levels}
+        score = rs_score(logits_xi.float(), logits_psi.float(), trainer.smoothing, tau=trainer.gumbel_tau,
+                         generator=torch.Generator(trainer.device).manual_seed(seed + i))
+        fused = {k: label_of_score(score, k) for k in levels}
         wrong = fused[None] != label  # the errors of y_hat, whether or not a threshold leaves them out
         for k in levels:
             ignored = fused[k] == IGNORE_LABEL

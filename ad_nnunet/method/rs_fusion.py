@@ -99,10 +99,10 @@ def _gumbel_softmax(logits: torch.Tensor, tau: float, generator: Optional[torch.
 
 
 @torch.no_grad()
-def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
-                    tau: float = 1.0, generator: Optional[torch.Generator] = None,
-                    xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None) -> torch.Tensor:
-    r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad.
+def rs_score(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing, tau: float = 1.0,
+             generator: Optional[torch.Generator] = None, xstart_clip: Optional[float] = 1.0) -> torch.Tensor:
+    r"""The fused score :math:`s` (the bracket in the module docstring), ``(B, C, *spatial)`` float32, summing to 2
+    over the classes, without grad.
 
     Args:
         logits_xi: DDIM :math:`x_0` logits of :math:`D_\xi`, ``(B, C, *spatial)``.
@@ -112,8 +112,6 @@ def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing
         generator: optional ``torch.Generator`` on the logits' device for the Gumbel noise.
         xstart_clip: :math:`\ell^\xi` is clamped to ``[-xstart_clip, xstart_clip]`` before the Gumbel-softmax
             (module docstring); None leaves it unclipped.
-        min_confidence: voxels whose confidence :math:`\kappa` (module docstring) is below it get ``IGNORE_LABEL``;
-            None (the paper's RS) keeps every voxel.
     """
     if logits_xi.shape != logits_psi.shape:
         raise ValueError(f"logits_xi {tuple(logits_xi.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
@@ -123,13 +121,28 @@ def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing
         if xstart_clip <= 0 or not math.isfinite(xstart_clip):
             raise ValueError(f"xstart_clip must be a positive finite number or None, got {xstart_clip}")
         logits_xi = logits_xi.clamp(-xstart_clip, xstart_clip)
+    return smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
+
+
+@torch.no_grad()
+def label_of_score(score: torch.Tensor, min_confidence: Optional[float] = None) -> torch.Tensor:
+    r""":math:`\hat y = \arg\max_c s_c` as a LongTensor ``(B, 1, *spatial)``; with ``min_confidence``, the voxels whose
+    confidence :math:`\kappa = \max_c s_c / 2` is below it get ``IGNORE_LABEL`` (module docstring)."""
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise ValueError(f"min_confidence must be in [0, 1] or None, got {min_confidence}")
-    score = smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
     best, label = score.max(dim=1, keepdim=True)
     if min_confidence is not None:
         label[best / 2 < min_confidence] = IGNORE_LABEL
     return label
+
+
+@torch.no_grad()
+def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
+                    tau: float = 1.0, generator: Optional[torch.Generator] = None,
+                    xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None) -> torch.Tensor:
+    r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad:
+    :func:`label_of_score` of :func:`rs_score` (arguments there)."""
+    return label_of_score(rs_score(logits_xi, logits_psi, smoothing, tau, generator, xstart_clip), min_confidence)
 
 
 @torch.no_grad()
