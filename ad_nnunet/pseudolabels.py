@@ -34,7 +34,7 @@ import html
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
 import numpy as np
@@ -57,10 +57,11 @@ CSV_COLUMNS = ("case",) + SCORES + ("rank",)
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------------
-def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkpoint_name: str,
-              cases: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
-    """Validate an A&D run's fold and checkpoint; returns unlabeled case id -> raw image files (channel order),
-    restricted to ``cases`` when given. Raises ADInputError naming the problem and the fix."""
+def check_ad_checkpoint(run_folder: Union[str, os.PathLike], fold: Union[int, str],
+                        checkpoint_name: str) -> Tuple[Path, dict, dict]:
+    """Validate an A&D run's fold, its checkpoint (both pseudo-label streams, D_psi and D_xi) and its split; returns
+    (checkpoint path, the loaded checkpoint, the fold's ``ad_split.json``). Raises ADInputError naming the problem
+    and the fix."""
     run = Path(run_folder)
     if not (run / "plans.json").is_file() or run.name.count("__") != 2:
         raise ADInputError(f"{run} is not an nnU-Net training output folder. Fix: check -d, -c, -tr and -p, and that "
@@ -70,23 +71,35 @@ def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkp
         found = sorted(p.name for p in run.glob("fold_*") if p.is_dir())
         raise ADInputError(f"fold {fold} does not exist in {run} (found: {', '.join(found) or 'none'}). Fix: pass "
                            f"one of those folds, or train fold {fold} first.")
-    checkpoint = fold_dir / checkpoint_name
-    if not checkpoint.is_file():
+    checkpoint_file = fold_dir / checkpoint_name
+    if not checkpoint_file.is_file():
         found = sorted(p.name for p in fold_dir.glob("checkpoint*.pth"))
-        raise ADInputError(f"{checkpoint} does not exist (found: {', '.join(found) or 'none'}). Fix: finish training "
-                           f"fold {fold}, or pass an existing checkpoint with -chk.")
-    weights = load_checkpoint(checkpoint).get("network_weights", {})
+        raise ADInputError(f"{checkpoint_file} does not exist (found: {', '.join(found) or 'none'}). Fix: finish "
+                           f"training fold {fold}, or pass an existing checkpoint with -chk.")
+    checkpoint = load_checkpoint(checkpoint_file)
+    weights = checkpoint.get("network_weights", {})
     if not any(k.startswith("decoder_psi.") for k in weights):
-        raise ADInputError(f"{checkpoint} is not an A&D checkpoint (no D_psi weights). Fix: pass an ADTrainer run "
-                           f"(-tr); a plain nnU-Net model has no pseudo-label streams.")
+        raise ADInputError(f"{checkpoint_file} is not an A&D checkpoint (no D_psi weights). Fix: pass an ADTrainer "
+                           f"run (-tr); a plain nnU-Net model has no pseudo-label streams.")
     if not any(k.startswith("decoder_xi.") for k in weights):
-        raise ADInputError(f"{checkpoint} has no diffusion stream (D_xi), which the pseudo-label fusion needs. Fix: "
-                           f"pass a run trained with the diffusion stream (e.g. -tr ADTrainer).")
+        raise ADInputError(f"{checkpoint_file} has no diffusion stream (D_xi), which the pseudo-label fusion needs. "
+                           f"Fix: pass a run trained with the diffusion stream (e.g. -tr ADTrainer).")
     split_file = fold_dir / "ad_split.json"
     if not split_file.is_file():
-        raise ADInputError(f"{split_file} does not exist, so the fold's unlabeled cases are unknown. Fix: (re)start "
-                           f"training of fold {fold} with the A&D trainer, which writes it at training start.")
-    unlabeled = list(json.loads(split_file.read_text(encoding="utf-8"))["unlabeled"])
+        raise ADInputError(f"{split_file} does not exist, so the cases the run trained on are unknown. Fix: "
+                           f"(re)start training of fold {fold} with the A&D trainer, which writes it at training "
+                           f"start.")
+    return checkpoint_file, checkpoint, json.loads(split_file.read_text(encoding="utf-8"))
+
+
+def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkpoint_name: str,
+              cases: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
+    """Validate an A&D run's fold and checkpoint (``check_ad_checkpoint``); returns unlabeled case id -> raw image
+    files (channel order), restricted to ``cases`` when given. Raises ADInputError naming the problem and the fix."""
+    run = Path(run_folder)
+    checkpoint_file, _, split = check_ad_checkpoint(run, fold, checkpoint_name)
+    split_file = checkpoint_file.parent / "ad_split.json"
+    unlabeled = list(split["unlabeled"])
     if cases:
         unknown = sorted(set(cases) - set(unlabeled))
         if unknown:

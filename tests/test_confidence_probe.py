@@ -1,8 +1,8 @@
 """adnnunet_confidence_probe: the threshold table's arithmetic, and its refusals, on the tiny phantom."""
 import json
 import os
+import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,20 +65,49 @@ def test_threshold_table_splits_the_same_pseudo_label(tiny):
 
 
 def test_cases_the_run_trained_on_are_refused(tiny, capsys):
-    run = os.path.join(os.environ["nnUNet_results"], tiny["dataset_name"], f"ADTrainer_tiny__nnUNetPlans__{CONFIG}",
-                       "fold_0")
-    os.makedirs(run)
+    run = os.path.join(os.environ["nnUNet_results"], tiny["dataset_name"], f"ADTrainer_tiny__nnUNetPlans__{CONFIG}")
+    fold = os.path.join(run, "fold_0")
+    os.makedirs(fold)
+    shutil.copy(os.path.join(tiny["preprocessed"], "nnUNetPlans.json"), os.path.join(run, "plans.json"))
     model = ["-d", str(tiny["dataset_id"]), "-c", CONFIG, "-tr", "ADTrainer_tiny", "-f", "0"]
-    assert confidence_probe_entry([*model, "--cases", "c1"]) == 2
-    assert "checkpoint_final.pth does not exist" in capsys.readouterr().err
-    open(os.path.join(run, "checkpoint_final.pth"), "wb").close()
-    assert confidence_probe_entry([*model, "--cases", "c1"]) == 2
-    assert "ad_split.json does not exist" in capsys.readouterr().err
-    with open(os.path.join(run, "ad_split.json"), "w") as f:
+    checkpoint = os.path.join(fold, "checkpoint_final.pth")
+
+    def refused(*argv):
+        assert confidence_probe_entry([*model, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("adnnunet_confidence_probe: error:") and "Fix:" in err, err
+        return err
+
+    assert "checkpoint_final.pth does not exist" in refused("--cases", "c1")
+    torch.save({"network_weights": {"encoder.w": torch.zeros(1)}}, checkpoint)
+    assert "is not an A&D checkpoint" in refused("--cases", "c1")
+    torch.save({"network_weights": {"decoder_psi.w": torch.zeros(1), "decoder_xi.w": torch.zeros(1)}}, checkpoint)
+    assert "ad_split.json does not exist" in refused("--cases", "c1")
+    with open(os.path.join(fold, "ad_split.json"), "w") as f:
         json.dump({"labeled": ["c1", "c2"], "unlabeled": ["u1"], "val": ["c1"]}, f)
-    assert confidence_probe_entry([*model, "--cases", "u1", "c2"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("adnnunet_confidence_probe: error: case(s) c2 are labeled training cases") and "Fix:" in err
-    assert confidence_probe_entry([*model, "--cases", "u1", "--thresholds", "1.5"]) == 2
-    assert "--thresholds must lie in [0, 1]" in capsys.readouterr().err
-    assert np.array_equal(sorted(os.listdir(run)), ["ad_split.json", "checkpoint_final.pth"])  # nothing written
+    assert "case(s) c2 are labeled training cases" in refused("--cases", "u1", "c2")
+    assert "--thresholds must lie in [0, 1]" in refused("--cases", "u1", "--thresholds", "1.5")
+    assert sorted(os.listdir(fold)) == ["ad_split.json", "checkpoint_final.pth"]  # nothing written
+
+
+def test_the_command_scores_the_saved_run(tiny, tmp_path, capsys):
+    """The command rebuilds the trainer from the run folder and loads the checkpoint: its table is the library's on
+    the same weights, patches and seed."""
+    trainer = _trainer(tiny)
+    run = os.path.dirname(trainer.output_folder)
+    shutil.copy(os.path.join(tiny["preprocessed"], "nnUNetPlans.json"), os.path.join(run, "plans.json"))
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    train_cases = sorted(trainer.do_split()[0])
+    dev, labeled = train_cases[:2], train_cases[2:]
+    with open(os.path.join(trainer.output_folder, "ad_split.json"), "w") as f:
+        json.dump({"labeled": labeled, "unlabeled": dev, "val": []}, f)
+    out = tmp_path / "probe.json"
+    argv = ["-d", str(tiny["dataset_id"]), "-c", CONFIG, "-tr", "ADTrainer_tiny", "-f", "0", "--cases", *dev,
+            "--thresholds", "0.6", "0.75", "--patches_per_case", "1", "-o", str(out)]
+    assert confidence_probe_entry(argv) == 0
+    printed = capsys.readouterr().out
+    assert "teacher: trained (2 patches of 2 cases)" in printed and "teacher: start" not in printed
+    written = json.loads(out.read_text())
+    assert (written["cases"], written["patches_per_case"], written["seed"]) == (dev, 1, 0)
+    patches = probe.foreground_patches(_dataset(trainer, dev), dev, trainer.configuration_manager.patch_size, 1)
+    assert written["tables"] == {"trained": probe.threshold_table(trainer, patches, (0.6, 0.75))}

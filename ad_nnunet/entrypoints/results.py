@@ -164,48 +164,16 @@ def confidence_probe_entry(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
 
     def body():
-        import json
-
-        import torch
-        from nnunetv2.run.run_training import get_trainer_from_args
-        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-        from ad_nnunet.checkpoints import load_checkpoint
-        from ad_nnunet.evaluation import confidence_probe as probe
+        from ad_nnunet.evaluation.confidence_probe import DEFAULT_THRESHOLDS, format_table, probe_run
         from ad_nnunet.publishing import write_json_atomic
 
-        thresholds = args.thresholds or probe.DEFAULT_THRESHOLDS
-        if any(not 0 <= k <= 1 for k in thresholds) or args.patches_per_case < 1:
-            raise ADInputError("--thresholds must lie in [0, 1] and --patches_per_case be >= 1. Fix: e.g. "
-                               "--thresholds 0.7 0.8 0.9 --patches_per_case 2.")
-        checkpoint_file = os.path.join(_trained_run_folder(args), f"fold_{args.f}", args.chk)
-        if not os.path.isfile(checkpoint_file):
-            raise ADInputError(f"{checkpoint_file} does not exist. Fix: train fold {args.f} of -tr {args.tr} "
-                               f"first, or pass an existing checkpoint with -chk.")
-        split_file = os.path.join(os.path.dirname(checkpoint_file), "ad_split.json")
-        if not os.path.isfile(split_file):
-            raise ADInputError(f"{split_file} does not exist, so the cases the run trained on are unknown. Fix: pass "
-                               f"an A&D run (-tr), which writes it when training starts.")
-        with open(split_file, encoding="utf-8") as f:
-            trained_on = sorted(set(args.cases) & set(json.load(f)["labeled"]))
-        if trained_on:
-            raise ADInputError(f"case(s) {', '.join(trained_on)} are labeled training cases of fold {args.f}: "
-                               f"the run learned their labels. Fix: pass development cases (unlabeled cases whose "
-                               f"labels were hidden from training, e.g. the benchmark's --dev_cases).")
-        trainer = get_trainer_from_args(args.d, args.c, args.f, args.tr, args.p, device=torch.device("cpu"))
-        trainer.initialize()
-        dataset = infer_dataset_class(trainer.preprocessed_dataset_folder)(trainer.preprocessed_dataset_folder,
-                                                                           args.cases)
-        patches = probe.foreground_patches(dataset, args.cases, trainer.configuration_manager.patch_size,
-                                           args.patches_per_case, args.seed)
-        tables = {}
-        for name, state in probe.teachers(trainer, load_checkpoint(checkpoint_file)).items():
-            trainer.core.load_state_dict(state)
-            tables[name] = probe.threshold_table(trainer, patches, thresholds, args.seed)
-            print(f"teacher: {name} ({len(patches)} patches of {len(args.cases)} cases)\n"
-                  f"{probe.format_table(tables[name])}\n")
+        checkpoint_file, n_patches, tables = probe_run(
+            _trained_run_folder(args), args.f, args.cases, args.chk, args.thresholds or DEFAULT_THRESHOLDS,
+            args.patches_per_case, args.seed)
+        for name, table in tables.items():
+            print(f"teacher: {name} ({n_patches} patches of {len(args.cases)} cases)\n{format_table(table)}\n")
         if args.o:
-            write_json_atomic(args.o, {"checkpoint": checkpoint_file, "cases": list(args.cases),
+            write_json_atomic(args.o, {"checkpoint": str(checkpoint_file), "cases": list(args.cases),
                                        "patches_per_case": args.patches_per_case, "seed": args.seed,
                                        "tables": tables})
     return report_input_errors(p.prog, body)

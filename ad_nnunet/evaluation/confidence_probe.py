@@ -2,7 +2,7 @@ r"""How a confidence threshold splits A&D's pseudo-label, on development cases w
 
 For a trained A&D run, patches of the given cases (each centred on a random foreground voxel of the case's label in
 the run's preprocessed folder) get training's RS pseudo-label :math:`\hat y` (``rs_fusion.py``: D_xi's DDIM sample
-fused with D_psi), once per threshold :math:`k` with the same DDIM and Gumbel draws. With :math:`I_k` the voxels
+fused with D_psi), fused once per patch and split at every threshold :math:`k`. With :math:`I_k` the voxels
 whose confidence :math:`\kappa < k` (left out of :math:`L_u` by ``pseudo_label_min_confidence = k``), :math:`K_k`
 the others and :math:`E = \{v : \hat y_v \ne y_v\}` the pseudo-label's errors against the reference label :math:`y`:
 
@@ -18,7 +18,9 @@ computing it), i.e. the teacher of the first steps.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -118,3 +120,38 @@ def format_table(rows: Sequence[Dict]) -> str:
               f"{r['error_rate_kept']:.4f} | {r['error_rate_ignored']:.4f} | {r['errors_removed']:.4f} | "
               f"{r['dice_kept']:.2f} |" for r in rows]
     return "\n".join(lines)
+
+
+def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[str],
+              checkpoint_name: str = "checkpoint_final.pth", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+              patches_per_case: int = 2, seed: int = 0) -> Tuple[Path, int, Dict[str, List[Dict]]]:
+    """Threshold tables (``threshold_table``) of every teacher of an A&D run's fold, on ``patches_per_case``
+    foreground patches of each development case; returns (checkpoint path, number of patches, teacher -> table).
+    Refuses cases the run trained on: their labels would flatter the pseudo-label."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from ad_nnunet.pseudolabels import check_ad_checkpoint
+
+    if any(not 0 <= k <= 1 for k in thresholds) or patches_per_case < 1:
+        raise ADInputError("--thresholds must lie in [0, 1] and --patches_per_case be >= 1. Fix: e.g. "
+                           "--thresholds 0.7 0.8 0.9 --patches_per_case 2.")
+    run = Path(run_folder)
+    checkpoint_file, checkpoint, split = check_ad_checkpoint(run, fold, checkpoint_name)
+    trained_on = sorted(set(cases) & set(split["labeled"]))
+    if trained_on:
+        raise ADInputError(f"case(s) {', '.join(trained_on)} are labeled training cases of fold {fold}: the run "
+                           f"learned their labels. Fix: pass development cases (unlabeled cases whose labels were "
+                           f"hidden from training, e.g. the benchmark's --dev_cases).")
+    trainer_name, plans_identifier, configuration = run.name.split("__")
+    trainer = get_trainer_from_args(run.parent.name, configuration, fold, trainer_name, plans_identifier,
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    folder = trainer.preprocessed_dataset_folder
+    patches = foreground_patches(infer_dataset_class(folder)(folder, cases), cases,
+                                 trainer.configuration_manager.patch_size, patches_per_case, seed)
+    tables = {}
+    for name, state in teachers(trainer, checkpoint).items():
+        trainer.core.load_state_dict(state)
+        tables[name] = threshold_table(trainer, patches, thresholds, seed)
+    return checkpoint_file, len(patches), tables
