@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,29 @@ def test_the_command_scores_the_saved_run(tiny, tmp_path, capsys):
     assert (written["cases"], written["patches_per_case"], written["seed"]) == (dev, 1, 0)
     patches = probe.foreground_patches(_dataset(trainer, dev), dev, trainer.configuration_manager.patch_size, 1)
     assert written["tables"] == {"trained": probe.threshold_table(trainer, patches, (0.6, 0.75))}
+
+
+class _Cases:
+    """An nnU-Net dataset object's ``load_case`` for in-memory (data, seg) arrays."""
+
+    def __init__(self, cases):
+        self.cases = cases
+
+    def load_case(self, case):
+        return self.cases[case] + (None, None)
+
+
+def test_patches_of_2d_configurations_are_slices_through_the_foreground():
+    data = np.arange(2 * 5 * 6 * 7, dtype=np.float32).reshape(2, 5, 6, 7)
+    seg = np.zeros((1, 5, 6, 7), dtype=np.int8)
+    seg[0, 3, 1, 5] = 2  # one foreground voxel near a border: the patch is clipped to the slice, then padded
+    patches = probe.foreground_patches(_Cases({"a": (data, seg)}), ["a"], (4, 8), per_case=2)
+    assert len(patches) == 2
+    for image, label in patches:
+        assert image.shape == (1, 2, 4, 8) and label.shape == (1, 1, 4, 8)
+        np.testing.assert_array_equal(image[0, :, :, :7].numpy(), data[:, 3, 0:4, :])  # slice 3, rows 0-3
+        assert (image[0, :, :, 7] == 0).all()  # 7 columns, padded to 8
+        assert label.sum() == 2 and label[0, 0, 1, 5] == 2
+    image3d, label3d = probe.foreground_patches(_Cases({"a": (data, seg)}), ["a"], (3, 4, 4), per_case=1)[0]
+    np.testing.assert_array_equal(image3d[0].numpy(), data[:, 2:5, 0:4, 3:7])
+    assert label3d[0, 0, 1, 1, 2] == 2

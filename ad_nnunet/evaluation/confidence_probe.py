@@ -35,7 +35,8 @@ DEFAULT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 def foreground_patches(dataset, cases: Sequence[str], patch_size: Sequence[int], per_case: int,
                        seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """``per_case`` (image ``(1, C, *patch)``, label ``(1, 1, *patch)``) pairs per case of an nnU-Net dataset object,
-    each centred on a random foreground voxel of the case's label (clipped to the image, zero-padded if smaller)."""
+    each centred on a random foreground voxel of the case's label (clipped to the image, zero-padded if smaller). A
+    2D ``patch_size`` on 3D cases (a 2d configuration) takes the patch from the slice through that voxel."""
     rng = np.random.default_rng(seed)
     patches = []
     for case in cases:
@@ -49,11 +50,15 @@ def foreground_patches(dataset, cases: Sequence[str], patch_size: Sequence[int],
         if not len(foreground):
             raise ADInputError(f"case {case} has no foreground in its label, so no patch can be centred on it. Fix: "
                                f"leave it out of --cases.")
+        sliced = seg.ndim - 1 - len(patch_size)  # leading spatial axes fixed at the centre (1 for 2d on 3D cases)
         for _ in range(per_case):
             centre = foreground[rng.integers(len(foreground))]
+            at_centre = (slice(None),) + tuple(int(c) for c in centre[:sliced])
+            case_data, case_seg = data[at_centre], seg[at_centre]
             box = tuple(slice(lo, lo + p) for lo, p in (
-                (int(np.clip(c - p // 2, 0, max(0, n - p))), p) for c, p, n in zip(centre, patch_size, data.shape[1:])))
-            image, label = data[(slice(None),) + box], seg[(slice(None),) + box]
+                (int(np.clip(c - p // 2, 0, max(0, n - p))), p)
+                for c, p, n in zip(centre[sliced:], patch_size, case_data.shape[1:])))
+            image, label = case_data[(slice(None),) + box], case_seg[(slice(None),) + box]
             pad = [(0, 0)] + [(0, p - n) for p, n in zip(patch_size, image.shape[1:])]
             patches.append((torch.from_numpy(np.pad(image, pad)).float()[None],
                             torch.from_numpy(np.pad(label, pad)).long()[None]))
