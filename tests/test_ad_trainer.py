@@ -199,6 +199,9 @@ def test_min_confidence_setting_leaves_unsure_pseudo_label_voxels_out_of_L_u(tin
     terms = trainer.loss_terms(batch["data"], target, unlabeled)
     assert terms["pseudo_ignored_fraction"] == 1.0 and terms["L_u"].item() == 0.0
     assert terms["L_diff"].item() != 0.0  # the labeled terms are untouched
+    trainer.on_train_epoch_end([trainer.train_step(batch)])  # a threshold that leaves most voxels out is flagged
+    with open(trainer.log_file) as f:
+        assert "warning: pseudo_label_min_confidence 1.0 left 100% of the unlabeled voxels out of L_u" in f.read()
     trainer.pseudo_label_min_confidence = 0.75
     ignored = trainer.loss_terms(batch["data"], target, unlabeled)["pseudo_ignored_fraction"]
     assert 0.0 < ignored < 1.0

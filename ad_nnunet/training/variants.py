@@ -194,7 +194,7 @@ class ADTrainer_strongView(ADTrainer):
 # 50 x 150 steps; the saved model halfway between the start and the trained weights (chosen on development cases).
 ADTrainer_finetune = make_variant("ADTrainer_finetune", ADTrainer_strongView, initial_lr=1e-3, mu_rampup_epochs=0,
                                   num_epochs=50, final_interpolation=0.5)
-# Experimental, not yet measured against ADTrainer_finetune: L_u only where the RS fusion is confident
-# (rs_fusion.py), to spare the boundaries of scans the warm model already segments well.
+# Experimental: L_u only where the RS fusion is confident (rs_fusion.py), to spare the boundaries of scans the warm
+# model already segments well. k = 0.8 suits two classes (LA); with more classes kappa stays lower (docs/method.md).
 ADTrainer_finetune_confident = make_variant("ADTrainer_finetune_confident", ADTrainer_finetune,
                                             pseudo_label_min_confidence=0.8)
