@@ -398,7 +398,7 @@ class ADTrainer(nnUNetTrainer):
         self.print_to_log_file("A&D: " + ", ".join(
             f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
             for k, v in summary.items()))
-        if summary["pseudo_ignored_fraction"] > 0.5:  # kappa cannot reach 0.8 with 4 classes (docs/method.md)
+        if summary["pseudo_ignored_fraction"] > 0.5:  # kappa rarely reaches 0.8 with 4 classes (docs/method.md)
             self.print_to_log_file(
                 f"warning: pseudo_label_min_confidence {self.pseudo_label_min_confidence} left "
                 f"{summary['pseudo_ignored_fraction']:.0%} of the unlabeled voxels out of L_u this epoch. Fix: choose "
