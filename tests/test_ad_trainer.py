@@ -266,6 +266,21 @@ def test_confident_variant_is_the_finetune_recipe_with_a_confidence_threshold(ti
     assert type(confident).__bases__ == (ADTrainer_finetune,)
 
 
+def test_dropunsure_variant_is_the_finetune_recipe_leaving_out_each_samples_least_sure_voxels(tiny):
+    from ad_nnunet.training.variants import ADTrainer_finetune
+
+    dropunsure, finetune = make_trainer(tiny, "ADTrainer_finetune_dropunsure"), make_trainer(tiny, "ADTrainer_finetune")
+    assert _differing_attributes(dropunsure, finetune) == {"pseudo_label_ignore_fraction": 0.05}
+    assert type(dropunsure).__bases__ == (ADTrainer_finetune,)
+    dropunsure.final_interpolation = None  # no warm start here
+    dropunsure.on_train_start()
+    batch = next(dropunsure.dataloader_train)
+    terms = dropunsure.loss_terms(batch["data"], [t.long() for t in batch["target"]],
+                                  next(dropunsure.dataloader_unlabeled)["data"])
+    assert abs(terms["pseudo_ignored_fraction"] - 0.05) < 0.005  # rounding to whole voxels per sample
+    dropunsure.on_train_end()
+
+
 def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation(tiny):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from ad_nnunet.method.svda import SVDATransform

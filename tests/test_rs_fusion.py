@@ -125,3 +125,31 @@ def test_min_confidence_leaves_out_the_voxels_where_the_streams_are_unsure():
     assert torch.equal(everything, plain)
     with pytest.raises(ValueError, match=r"min_confidence must be in \[0, 1\] or None, got 1.5"):
         rs_pseudo_label(xi, psi, sm, min_confidence=1.5)
+
+
+def test_ignore_fraction_leaves_out_each_samples_least_confident_voxels():
+    # sample 0: sure everywhere but a 2-column stripe where D_psi is 50/50; sample 1: D_psi sure in its left half,
+    # 50/50 in its right. Each sample loses its own round(q N) voxels of lowest kappa, whatever the other holds.
+    sm = GaussianSmoothing(2, dim=2)
+    xi = torch.zeros(2, 2, 8, 16)
+    psi = torch.zeros(2, 2, 8, 16)
+    xi[:] = torch.tensor([-50.0, 50.0])[:, None, None]
+    psi[:] = torch.tensor([-10.0, 10.0])[:, None, None]
+    psi[0, :, :, 7:9] = 0.0
+    psi[1, :, :, 8:] = 0.0
+    draw = dict(generator=torch.Generator().manual_seed(0))
+    plain = rs_pseudo_label(xi, psi, sm, **draw)
+    masked = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), ignore_fraction=0.125)
+    ignored = masked == IGNORE_LABEL
+    assert ignored.flatten(1).sum(1).tolist() == [16, 16]  # 0.125 x 128 voxels in each sample
+    assert ignored[0, 0, :, 7:9].all()                       # sample 0: exactly the unsure stripe
+    assert not ignored[1, 0, :, :8].any()                    # sample 1: only from its less sure half
+    assert torch.equal(masked[~ignored], plain[~ignored])    # the same draw: the mask only removes voxels
+    assert torch.equal(rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), ignore_fraction=0.0),
+                       plain)
+    both = rs_pseudo_label(xi, psi, sm, generator=torch.Generator().manual_seed(0), min_confidence=0.7,
+                           ignore_fraction=0.125)
+    assert torch.equal(both == IGNORE_LABEL, ignored | (rs_pseudo_label(
+        xi, psi, sm, generator=torch.Generator().manual_seed(0), min_confidence=0.7) == IGNORE_LABEL))
+    with pytest.raises(ValueError, match=r"ignore_fraction must be in \[0, 1\] or None, got -0.1"):
+        rs_pseudo_label(xi, psi, sm, ignore_fraction=-0.1)

@@ -9,6 +9,7 @@ from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_demo,
     ADTrainer_finetune,
     ADTrainer_finetune_confident,
+    ADTrainer_finetune_dropunsure,
     ADTrainer_noDiffusion,
     ADTrainer_noDRS,
     ADTrainer_noRS,

@@ -19,7 +19,10 @@ offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`.
 :math:`\kappa = \max_c s_c / 2 \in [1/C, 1]` is how strongly the two streams agree on :math:`\hat y`. The paper and
 the official code use every voxel (no threshold; ``min_confidence=None`` here). With ``min_confidence`` set, voxels
 with :math:`\kappa <` ``min_confidence`` get ``IGNORE_LABEL`` (losses.py) and drop out of :math:`L_u`: typically the
-object's boundary, where :math:`D_\psi` is near 50/50 and the smoothed Gumbel sample is soft.
+object's boundary, where :math:`D_\psi` is near 50/50 and the smoothed Gumbel sample is soft. A fixed threshold
+means different things for different class counts (:math:`\kappa \ge 1/C`, and its ceiling falls with :math:`C`);
+``ignore_fraction`` :math:`q` does not: in each sample, the :math:`\lfloor qN + 1/2 \rfloor` voxels of lowest
+:math:`\kappa` (of its :math:`N`) get ``IGNORE_LABEL``, whatever their values.
 
 **Clipping.** The Gumbel-softmax gets the diffusion stream's ``pred_xstart`` as the official code does: its DDIM
 sampler runs with ``clip_denoised=True``, so the last step's :math:`x_0` output is clamped to :math:`[-1, 1]` before
@@ -125,24 +128,35 @@ def rs_score(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: Gauss
 
 
 @torch.no_grad()
-def label_of_score(score: torch.Tensor, min_confidence: Optional[float] = None) -> torch.Tensor:
+def label_of_score(score: torch.Tensor, min_confidence: Optional[float] = None,
+                   ignore_fraction: Optional[float] = None) -> torch.Tensor:
     r""":math:`\hat y = \arg\max_c s_c` as a LongTensor ``(B, 1, *spatial)``; with ``min_confidence``, the voxels whose
-    confidence :math:`\kappa = \max_c s_c / 2` is below it get ``IGNORE_LABEL`` (module docstring)."""
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise ValueError(f"min_confidence must be in [0, 1] or None, got {min_confidence}")
+    confidence :math:`\kappa = \max_c s_c / 2` is below it get ``IGNORE_LABEL``; with ``ignore_fraction``, the share
+    of each sample's voxels with the lowest :math:`\kappa` does (module docstring; both: the union)."""
+    for name, value in (("min_confidence", min_confidence), ("ignore_fraction", ignore_fraction)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
     best, label = score.max(dim=1, keepdim=True)
     if min_confidence is not None:
         label[best / 2 < min_confidence] = IGNORE_LABEL
+    if ignore_fraction:
+        per_sample = best.flatten(1)
+        count = int(ignore_fraction * per_sample.shape[1] + 0.5)
+        if count:
+            lowest = per_sample.topk(count, dim=1, largest=False).indices
+            label.view(label.shape[0], -1).scatter_(1, lowest, IGNORE_LABEL)
     return label
 
 
 @torch.no_grad()
 def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
                     tau: float = 1.0, generator: Optional[torch.Generator] = None,
-                    xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None) -> torch.Tensor:
+                    xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None,
+                    ignore_fraction: Optional[float] = None) -> torch.Tensor:
     r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad:
     :func:`label_of_score` of :func:`rs_score` (arguments there)."""
-    return label_of_score(rs_score(logits_xi, logits_psi, smoothing, tau, generator, xstart_clip), min_confidence)
+    return label_of_score(rs_score(logits_xi, logits_psi, smoothing, tau, generator, xstart_clip), min_confidence,
+                          ignore_fraction)
 
 
 @torch.no_grad()

@@ -121,6 +121,9 @@ class ADTrainer(nnUNetTrainer):
         # kappa in [0, 1]: pseudo-label voxels whose RS confidence is below it are left out of L_u (rs_fusion.py);
         # None: every voxel, as in the paper
         self.pseudo_label_min_confidence: Optional[float] = None
+        # q in [0, 1]: in each unlabeled sample, the share q of its voxels with the lowest RS confidence is left out
+        # of L_u, whatever the class count (rs_fusion.py); None: none
+        self.pseudo_label_ignore_fraction: Optional[float] = None
         for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
         if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
@@ -356,7 +359,8 @@ class ADTrainer(nnUNetTrainer):
     def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
         """Hook: y_hat from D_xi's DDIM logits and D_psi's logits on the unlabeled batch: RS (rs_fusion.py)."""
         return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau,
-                               min_confidence=self.pseudo_label_min_confidence)
+                               min_confidence=self.pseudo_label_min_confidence,
+                               ignore_fraction=self.pseudo_label_ignore_fraction)
 
     def unlabeled_weight(self) -> float:
         ramp = self.num_epochs if self.mu_rampup_epochs is None else self.mu_rampup_epochs
@@ -398,7 +402,7 @@ class ADTrainer(nnUNetTrainer):
         self.print_to_log_file("A&D: " + ", ".join(
             f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
             for k, v in summary.items()))
-        if summary["pseudo_ignored_fraction"] > 0.5:  # kappa rarely reaches 0.8 with 4 classes (docs/method.md)
+        if self.pseudo_label_min_confidence is not None and summary["pseudo_ignored_fraction"] > 0.5:  # kappa rarely reaches 0.8 with 4 classes (docs/method.md)
             self.print_to_log_file(
                 f"warning: pseudo_label_min_confidence {self.pseudo_label_min_confidence} left "
                 f"{summary['pseudo_ignored_fraction']:.0%} of the unlabeled voxels out of L_u this epoch. Fix: choose "
