@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Union
+from pathlib import Path
+from typing import Tuple, Union
 
 import numpy as np
 import torch
+
+from ad_nnunet.errors import ADInputError
 
 _multiarray = importlib.import_module("numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2
                                       else "numpy.core.multiarray")
@@ -29,6 +32,16 @@ NNUNET_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoi
 def checkpoints_in(folder: Union[str, os.PathLike]) -> list:
     """The names of nnU-Net's checkpoints present in the model folder ``folder``: what ``--c`` would continue from."""
     return [name for name in NNUNET_CHECKPOINTS if os.path.isfile(os.path.join(folder, name))]
+
+
+def run_folder_parts(run_folder: Union[str, os.PathLike]) -> Tuple[str, str, str]:
+    """(trainer, plans identifier, configuration) of a model folder, which nnUNetv2_train names
+    ``<trainer>__<plans>__<configuration>``. Raises ADInputError for any other name (nnU-Net's own parser asserts)."""
+    parts = Path(run_folder).name.split("__")
+    if len(parts) != 3 or not all(parts):
+        raise ADInputError(f"{run_folder} is not named <trainer>__<plans>__<configuration>, so it is not a folder "
+                           f"nnUNetv2_train wrote. Fix: pass the run's folder (check -d, -c, -tr and -p).")
+    return parts[0], parts[1], parts[2]
 
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> dict:

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-from ad_nnunet.checkpoints import load_checkpoint
+from ad_nnunet.checkpoints import load_checkpoint, run_folder_parts
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
 from ad_nnunet.training.weight_interpolation import recorded_unet
@@ -56,10 +56,7 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
     if not (run / "plans.json").is_file() or not (run / "dataset.json").is_file():
         raise ADInputError(f"{run} is not an nnU-Net training output folder (no plans.json / dataset.json). Fix: "
                            f"check -d, -c, -tr and -p, and that the run has been trained.")
-    _, plans_identifier, configuration = run.name.split("__") if run.name.count("__") == 2 else (None, None, None)
-    if configuration is None:
-        raise ADInputError(f"{run.name} is not named <trainer>__<plans>__<configuration>. Fix: pass the folder "
-                           f"nnUNetv2_train wrote.")
+    trainer_name, plans_identifier, configuration = run_folder_parts(run)
     if interpolation is not None and not 0 <= interpolation <= 1:
         raise ADInputError(f"--interpolation {interpolation}: must be in [0, 1] (0 = the start, 1 = the trained "
                            f"model). Fix: pass e.g. --interpolation 0.5.")
@@ -70,7 +67,7 @@ def export_stock_model(run_folder: Union[str, os.PathLike], folds: Sequence[Unio
         path = run / f"fold_{fold}" / checkpoint_name
         if not path.is_file():
             raise ADInputError(f"{path} does not exist. Fix: train fold {fold} first (nnUNetv2_train ... {fold} -tr "
-                               f"{run.name.split('__')[0]}), or pick an existing fold / -chk checkpoint.")
+                               f"{trainer_name}), or pick an existing fold / -chk checkpoint.")
         checkpoint = load_checkpoint(path)
         if not any(k.startswith("decoder_psi.") for k in checkpoint.get("network_weights", {})):
             raise ADInputError(f"{path} is not an A&D checkpoint (no D_psi weights). Fix: pass an ADTrainer run; a "

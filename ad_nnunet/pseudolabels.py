@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ad_nnunet.checkpoints import load_checkpoint
+from ad_nnunet.checkpoints import load_checkpoint, run_folder_parts
 from ad_nnunet.data.raw import list_labeled_cases, list_unlabeled_cases, raw_dataset_folder
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.hashing import sha256_of
@@ -63,7 +63,8 @@ def check_ad_checkpoint(run_folder: Union[str, os.PathLike], fold: Union[int, st
     (checkpoint path, the loaded checkpoint, the fold's ``ad_split.json``). Raises ADInputError naming the problem
     and the fix."""
     run = Path(run_folder)
-    if not (run / "plans.json").is_file() or run.name.count("__") != 2:
+    run_folder_parts(run)
+    if not (run / "plans.json").is_file():
         raise ADInputError(f"{run} is not an nnU-Net training output folder. Fix: check -d, -c, -tr and -p, and that "
                            f"the run has been trained.")
     fold_dir = run / f"fold_{fold}"
@@ -125,7 +126,7 @@ def model_marker(run_folder: Union[str, os.PathLike], fold: Union[int, str], che
                  seed: int) -> dict:
     """What ``pseudolabels.json`` records: the model (with the checkpoint's sha256) and the sampling settings."""
     run = Path(run_folder)
-    trainer, plans, configuration = run.name.split("__")
+    trainer, plans, configuration = run_folder_parts(run)
     return {"dataset": run.parent.name, "configuration": configuration, "trainer": trainer, "plans": plans,
             "fold": str(fold), "checkpoint": checkpoint_name,
             "checkpoint_sha256": sha256_of(run / f"fold_{fold}" / checkpoint_name), "ddim_steps": ddim_steps,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ad_nnunet.checkpoints import load_checkpoint
+from ad_nnunet.checkpoints import load_checkpoint, run_folder_parts
+from ad_nnunet.errors import ADInputError
 
 
 class _Payload:
@@ -27,3 +28,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"network_weights": {}, "evil": _Payload()}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match="weights_only|Unsupported global"):
         load_checkpoint(tmp_path / "evil.pth")
+
+
+def test_run_folder_parts_reads_nnunets_folder_name_and_refuses_others(tmp_path):
+    assert run_folder_parts(tmp_path / "ADTrainer__nnUNetPlans__3d_fullres") == ("ADTrainer", "nnUNetPlans",
+                                                                                "3d_fullres")
+    for name in ("ADTrainer__nnUNetPlans", "a__b__c__d", "ADTrainer____3d_fullres"):
+        with pytest.raises(ADInputError, match=r"is not named <trainer>__<plans>__<configuration>.*Fix: pass"):
+            run_folder_parts(tmp_path / name)

@@ -60,7 +60,14 @@ def test_threshold_table_splits_the_same_pseudo_label(tiny):
                                                     by_k[None]["error_rate_kept"])
     # the same seed repeats the table
     assert probe.threshold_table(trainer, patches, (0.6,)) == [by_k[None], by_k[0.6]]
-    assert "| none |" in probe.format_table(rows)
+    assert "| none |" in probe.format_table(rows) and "| kappa < 0.6 |" in probe.format_table(rows)
+    # a fraction leaves out that share of every patch (rounded to whole voxels); a larger one removes more errors
+    none, *by_q = probe.threshold_table(trainer, patches, (), fractions=(0.1, 0.5))
+    assert none == by_k[None] and [r["ignore_fraction"] for r in by_q] == [0.1, 0.5]
+    for r, q in zip(by_q, (0.1, 0.5)):
+        assert r["ignored"] == pytest.approx(q, abs=1 / label.numel()) and r["min_confidence"] is None
+    assert by_q[0]["errors_removed"] <= by_q[1]["errors_removed"]
+    assert "| lowest 0.1 of each patch |" in probe.format_table(by_q)
     with pytest.raises(ADInputError, match="has no preprocessed image and label"):
         probe.foreground_patches(_dataset(trainer, cases), ["no_such_case"], (4, 4, 4), 1)
 
@@ -87,7 +94,8 @@ def test_cases_the_run_trained_on_are_refused(tiny, capsys):
     with open(os.path.join(fold, "ad_split.json"), "w") as f:
         json.dump({"labeled": ["c1", "c2"], "unlabeled": ["u1"], "val": ["c1"]}, f)
     assert "case(s) c2 are labeled training cases" in refused("--cases", "u1", "c2")
-    assert "--thresholds must lie in [0, 1]" in refused("--cases", "u1", "--thresholds", "1.5")
+    assert "--thresholds and --fractions must lie in [0, 1]" in refused("--cases", "u1", "--thresholds", "1.5")
+    assert "--thresholds and --fractions must lie in [0, 1]" in refused("--cases", "u1", "--fractions", "-0.1")
     assert sorted(os.listdir(fold)) == ["ad_split.json", "checkpoint_final.pth"]  # nothing written
 
 
@@ -104,14 +112,14 @@ def test_the_command_scores_the_saved_run(tiny, tmp_path, capsys):
         json.dump({"labeled": labeled, "unlabeled": dev, "val": []}, f)
     out = tmp_path / "probe.json"
     argv = ["-d", str(tiny["dataset_id"]), "-c", CONFIG, "-tr", "ADTrainer_tiny", "-f", "0", "--cases", *dev,
-            "--thresholds", "0.6", "0.75", "--patches_per_case", "1", "-o", str(out)]
+            "--thresholds", "0.6", "0.75", "--fractions", "0.05", "--patches_per_case", "1", "-o", str(out)]
     assert confidence_probe_entry(argv) == 0
     printed = capsys.readouterr().out
     assert "teacher: trained (2 patches of 2 cases)" in printed and "teacher: start" not in printed
     written = json.loads(out.read_text())
     assert (written["cases"], written["patches_per_case"], written["seed"]) == (dev, 1, 0)
     patches = probe.foreground_patches(_dataset(trainer, dev), dev, trainer.configuration_manager.patch_size, 1)
-    assert written["tables"] == {"trained": probe.threshold_table(trainer, patches, (0.6, 0.75))}
+    assert written["tables"] == {"trained": probe.threshold_table(trainer, patches, (0.6, 0.75), fractions=(0.05,))}
 
 
 class _Cases:

@@ -150,14 +150,17 @@ def confidence_probe_entry(argv: Optional[Sequence[str]] = None) -> int:
     p = _model_arguments(
         "adnnunet_confidence_probe",
         "For a trained A&D run, score training's RS pseudo-label on patches of development cases (cases whose labels "
-        "the run never trained on, e.g. the benchmark's --dev_cases) at each confidence threshold: the fraction of "
-        "voxels it leaves out of L_u, the error rates of kept and left-out voxels, the share of errors removed. How "
-        "pseudo_label_min_confidence is chosen.", fold_help="fold of the A&D run", type=int)
+        "the run never trained on, e.g. the benchmark's --dev_cases) under each confidence mask (a threshold on kappa, "
+        "or the least confident fraction of each patch): the fraction of voxels it leaves out of L_u, the error rates "
+        "of kept and left-out voxels, the share of errors removed. How pseudo_label_min_confidence or "
+        "pseudo_label_ignore_fraction is chosen.", fold_help="fold of the A&D run", type=int)
     p.add_argument("--cases", nargs="+", required=True, help="development case ids (training cases with labels in "
                                                              "the run's preprocessed folder, not trained on)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint (default checkpoint_final.pth)")
     p.add_argument("--thresholds", nargs="+", type=float, metavar="K", help="thresholds in [0, 1] (default 0.55 "
                                                                             "to 0.9 in steps of 0.05)")
+    p.add_argument("--fractions", nargs="+", type=float, default=[], metavar="Q",
+                   help="fractions in [0, 1]: also mask each patch's least confident share Q (default: none)")
     p.add_argument("--patches_per_case", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", help="also write the tables to this JSON file")
@@ -169,7 +172,7 @@ def confidence_probe_entry(argv: Optional[Sequence[str]] = None) -> int:
 
         checkpoint_file, n_patches, tables = probe_run(
             _trained_run_folder(args), args.f, args.cases, args.chk, args.thresholds or DEFAULT_THRESHOLDS,
-            args.patches_per_case, args.seed)
+            args.patches_per_case, args.seed, args.fractions)
         for name, table in tables.items():
             print(f"teacher: {name} ({n_patches} patches of {len(args.cases)} cases)\n{format_table(table)}\n")
         if args.o:

@@ -1,18 +1,19 @@
-r"""How a confidence threshold splits A&D's pseudo-label, on development cases whose labels training never saw.
+r"""How a confidence mask splits A&D's pseudo-label, on development cases whose labels training never saw.
 
 For a trained A&D run, patches of the given cases (each centred on a random foreground voxel of the case's label in
 the run's preprocessed folder) get training's RS pseudo-label :math:`\hat y` (``rs_fusion.py``: D_xi's DDIM sample
-fused with D_psi), fused once per patch and split at every threshold :math:`k`. With :math:`I_k` the voxels
-whose confidence :math:`\kappa < k` (left out of :math:`L_u` by ``pseudo_label_min_confidence = k``), :math:`K_k`
-the others and :math:`E = \{v : \hat y_v \ne y_v\}` the pseudo-label's errors against the reference label :math:`y`:
+fused with D_psi), fused once per patch and split at every threshold :math:`k` and every fraction :math:`q`. With :math:`I_k` the
+voxels whose confidence :math:`\kappa < k` (left out of :math:`L_u` by ``pseudo_label_min_confidence = k``), or
+:math:`I_q` the share :math:`q` of each patch's voxels with the lowest :math:`\kappa` (``pseudo_label_ignore_fraction
+= q``; a patch stands for a training sample), :math:`K` the others and :math:`E = \{v : \hat y_v \ne y_v\}` the pseudo-label's errors against the reference label :math:`y`:
 
 .. math::
     \text{ignored} = \frac{|I_k|}{N}, \quad \text{error rate kept} = \frac{|E \cap K_k|}{|K_k|}, \quad
     \text{error rate ignored} = \frac{|E \cap I_k|}{|I_k|}, \quad
     \text{errors removed} = \frac{|E \cap I_k|}{|E|},
 
-and the foreground-mean Dice of :math:`\hat y` against :math:`y` over :math:`K_k` (mean over patches). A useful
-threshold leaves out few voxels, many of them wrong. The teachers scored: the run's trained networks and, for a
+(likewise for :math:`I_q`) and the foreground-mean Dice of :math:`\hat y` against :math:`y` over the kept voxels
+(mean over patches). A useful mask leaves out few voxels, many of them wrong. The teachers scored: the run's trained networks and, for a
 warm-started run that records its start (``ad_state["start_unet"]``), the model it started from (every decoder
 computing it), i.e. the teacher of the first steps.
 """
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ad_nnunet.checkpoints import run_folder_parts
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.method.losses import IGNORE_LABEL
 from ad_nnunet.method.rs_fusion import label_of_score, rs_score
@@ -67,16 +69,19 @@ def foreground_patches(dataset, cases: Sequence[str], patch_size: Sequence[int],
 
 @torch.no_grad()
 def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, seed: int = 0) -> List[Dict]:
-    """One row per threshold (None first: every voxel kept) for the teacher ``trainer.core`` holds now (module
-    docstring). The DDIM sample of patch i is drawn under ``torch.manual_seed(seed + i)``, its Gumbel noise from a
-    generator seeded alike; the fused score is computed once and every threshold applied to it."""
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, seed: int = 0,
+                    fractions: Sequence[float] = ()) -> List[Dict]:
+    """One row per mask for the teacher ``trainer.core`` holds now (module docstring): no mask first (every voxel
+    kept), then each threshold (``min_confidence``), then each fraction (``ignore_fraction``). The DDIM sample of
+    patch i is drawn under ``torch.manual_seed(seed + i)``, its Gumbel noise from a generator seeded alike; the fused
+    score is computed once and every mask applied to it."""
     core = trainer.core
     core.eval()
     foreground = trainer.label_manager.foreground_labels
-    levels = (None,) + tuple(thresholds)
+    none = (None, None)  # (min_confidence, ignore_fraction)
+    levels = [none] + [(k, None) for k in thresholds] + [(None, q) for q in fractions]
     counts = {k: np.zeros(4) for k in levels}  # ignored, errors kept, errors ignored, kept
-    dices: Dict[Optional[float], List[float]] = {k: [] for k in levels}
+    dices: Dict[Tuple[Optional[float], Optional[float]], List[float]] = {k: [] for k in levels}
     for i, (image, label) in enumerate(patches):
         image, label = image.to(trainer.device), label.to(trainer.device)
         torch.manual_seed(seed + i)
@@ -84,24 +89,24 @@ def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]
         logits_psi = core(image, mode="psi")
         score = rs_score(logits_xi.float(), logits_psi.float(), trainer.smoothing, tau=trainer.gumbel_tau,
                          generator=torch.Generator(trainer.device).manual_seed(seed + i))
-        fused = {k: label_of_score(score, k) for k in levels}
-        wrong = fused[None] != label  # the errors of y_hat, whether or not a threshold leaves them out
+        fused = {k: label_of_score(score, *k) for k in levels}
+        wrong = fused[none] != label  # the errors of y_hat, whether or not a threshold leaves them out
         for k in levels:
             ignored = fused[k] == IGNORE_LABEL
             counts[k] += [int(ignored.sum()), int((wrong & ~ignored).sum()), int((wrong & ignored).sum()),
                           int((~ignored).sum())]
             per_class = []
             for c in foreground:
-                p, g = (fused[None] == c) & ~ignored, (label == c) & ~ignored
+                p, g = (fused[none] == c) & ~ignored, (label == c) & ~ignored
                 total = int(p.sum()) + int(g.sum())
                 per_class.append(1.0 if total == 0 else 2.0 * int((p & g).sum()) / total)
             dices[k].append(float(np.mean(per_class)))
-    voxels = counts[None][3]
-    errors = counts[None][1]
-    return [{"min_confidence": k, "ignored": ig / voxels, "error_rate_kept": ek / max(kept, 1),
+    voxels = counts[none][3]
+    errors = counts[none][1]
+    return [{"min_confidence": k, "ignore_fraction": q, "ignored": ig / voxels, "error_rate_kept": ek / max(kept, 1),
              "error_rate_ignored": ei / max(ig, 1), "errors_removed": ei / max(errors, 1),
-             "dice_kept": 100 * float(np.mean(dices[k]))}
-            for k, (ig, ek, ei, kept) in counts.items()]
+             "dice_kept": 100 * float(np.mean(dices[k, q]))}
+            for (k, q), (ig, ek, ei, kept) in counts.items()]
 
 
 def teachers(trainer, checkpoint: dict) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -118,10 +123,16 @@ def teachers(trainer, checkpoint: dict) -> Dict[str, Dict[str, torch.Tensor]]:
     return states
 
 
+def _mask_name(row: Dict) -> str:
+    if row["min_confidence"] is not None:
+        return f"kappa < {row['min_confidence']}"
+    return "none" if row["ignore_fraction"] is None else f"lowest {row['ignore_fraction']:g} of each patch"
+
+
 def format_table(rows: Sequence[Dict]) -> str:
-    lines = ["| min_confidence | ignored | error rate kept | error rate ignored | errors removed | Dice kept (%) |",
+    lines = ["| mask | ignored | error rate kept | error rate ignored | errors removed | Dice kept (%) |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {'none' if r['min_confidence'] is None else r['min_confidence']} | {r['ignored']:.4f} | "
+    lines += [f"| {_mask_name(r)} | {r['ignored']:.4f} | "
               f"{r['error_rate_kept']:.4f} | {r['error_rate_ignored']:.4f} | {r['errors_removed']:.4f} | "
               f"{r['dice_kept']:.2f} |" for r in rows]
     return "\n".join(lines)
@@ -129,8 +140,9 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[str],
               checkpoint_name: str = "checkpoint_final.pth", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-              patches_per_case: int = 2, seed: int = 0) -> Tuple[Path, int, Dict[str, List[Dict]]]:
-    """Threshold tables (``threshold_table``) of every teacher of an A&D run's fold, on ``patches_per_case``
+              patches_per_case: int = 2, seed: int = 0,
+              fractions: Sequence[float] = ()) -> Tuple[Path, int, Dict[str, List[Dict]]]:
+    """Mask tables (``threshold_table``: ``thresholds``, then ``fractions``) of every teacher of an A&D run's fold, on ``patches_per_case``
     foreground patches of each development case; returns (checkpoint path, number of patches, teacher -> table).
     Refuses cases the run trained on: their labels would flatter the pseudo-label."""
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -138,9 +150,9 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
 
     from ad_nnunet.pseudolabels import check_ad_checkpoint
 
-    if any(not 0 <= k <= 1 for k in thresholds) or patches_per_case < 1:
-        raise ADInputError("--thresholds must lie in [0, 1] and --patches_per_case be >= 1. Fix: e.g. "
-                           "--thresholds 0.7 0.8 0.9 --patches_per_case 2.")
+    if any(not 0 <= v <= 1 for v in (*thresholds, *fractions)) or patches_per_case < 1:
+        raise ADInputError("--thresholds and --fractions must lie in [0, 1] and --patches_per_case be >= 1. Fix: "
+                           "e.g. --thresholds 0.7 0.8 0.9 --fractions 0.05 0.1 --patches_per_case 2.")
     run = Path(run_folder)
     checkpoint_file, checkpoint, split = check_ad_checkpoint(run, fold, checkpoint_name)
     trained_on = sorted(set(cases) & set(split["labeled"]))
@@ -148,7 +160,7 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
         raise ADInputError(f"case(s) {', '.join(trained_on)} are labeled training cases of fold {fold}: the run "
                            f"learned their labels. Fix: pass development cases (unlabeled cases whose labels were "
                            f"hidden from training, e.g. the benchmark's --dev_cases).")
-    trainer_name, plans_identifier, configuration = run.name.split("__")
+    trainer_name, plans_identifier, configuration = run_folder_parts(run)
     trainer = get_trainer_from_args(run.parent.name, configuration, fold, trainer_name, plans_identifier,
                                     device=torch.device("cpu"))
     trainer.initialize()
@@ -158,5 +170,5 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
     tables = {}
     for name, state in teachers(trainer, checkpoint).items():
         trainer.core.load_state_dict(state)
-        tables[name] = threshold_table(trainer, patches, thresholds, seed)
+        tables[name] = threshold_table(trainer, patches, thresholds, seed, fractions)
     return checkpoint_file, len(patches), tables
