@@ -76,6 +76,16 @@ def test_train_mode_outputs_and_gradient_flow():
                                                                  "time_embedding", "temb_")))
 
 
+def test_theta_on_labeled_adds_D_theta_on_the_labeled_skips():
+    net = build().eval()
+    x_l, x_u = torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16)
+    out = net(x_l, mode="train", x_unlabeled=x_u, theta_on_labeled=True)
+    assert set(out) == {"psi", "theta", "theta_u", "psi_u"}
+    torch.testing.assert_close(out["theta"], net(x_l))  # exactly what prediction computes on the labeled batch
+    out["theta"].square().mean().backward()
+    assert next(net.decoder.parameters()).grad is not None and next(net.decoder_psi.parameters()).grad is None
+
+
 def test_every_parameter_gets_a_gradient_from_the_full_loss():
     """DDP (find_unused_parameters=False) needs every parameter in the graph of one train forward."""
     net = build().train()

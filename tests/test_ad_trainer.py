@@ -281,6 +281,29 @@ def test_dropunsure_variant_is_the_finetune_recipe_leaving_out_each_samples_leas
     dropunsure.on_train_end()
 
 
+def test_thetaSupervised_variant_adds_D_thetas_labeled_loss_to_the_step(tiny):
+    from ad_nnunet.training.variants import ADTrainer_finetune
+
+    supervised, finetune = (make_trainer(tiny, "ADTrainer_finetune_thetaSupervised"),
+                            make_trainer(tiny, "ADTrainer_finetune"))
+    assert _differing_attributes(supervised, finetune) == {"theta_supervised_weight": 1.0}
+    assert type(supervised).__bases__ == (ADTrainer_finetune,)
+    supervised.final_interpolation = finetune.final_interpolation = None  # no warm start here
+    for trainer in (supervised, finetune):
+        trainer.on_train_start()
+    batch = next(supervised.dataloader_train)
+    target = [t.long() for t in batch["target"]]
+    unlabeled = next(supervised.dataloader_unlabeled)["data"]
+    assert finetune.loss_terms(batch["data"], target, unlabeled)["L_theta"].item() == 0.0  # the paper: no label
+    supervised.core.eval()  # no dropout / batch statistics: L_theta is the loss of what prediction computes
+    terms = supervised.loss_terms(batch["data"], target, unlabeled)
+    with torch.no_grad():
+        expected = supervised.supervised_loss.loss(supervised.core(batch["data"]), target[0])
+    torch.testing.assert_close(terms["L_theta"].detach(), expected)
+    for trainer in (supervised, finetune):
+        trainer.on_train_end()
+
+
 def test_default_trains_D_psi_with_nnunets_deep_supervised_loss_and_augmentation(tiny):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from ad_nnunet.method.svda import SVDATransform

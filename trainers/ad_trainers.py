@@ -10,6 +10,7 @@ from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_finetune,
     ADTrainer_finetune_confident,
     ADTrainer_finetune_dropunsure,
+    ADTrainer_finetune_thetaSupervised,
     ADTrainer_noDiffusion,
     ADTrainer_noDRS,
     ADTrainer_noRS,

@@ -174,7 +174,7 @@ class ADNet(nn.Module):
     # ---- the one entry point ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mode: str = "segment", x_t: Optional[torch.Tensor] = None,
                 t: Optional[torch.Tensor] = None, x_unlabeled: Optional[torch.Tensor] = None,
-                psi_on_unlabeled: bool = True):
+                psi_on_unlabeled: bool = True, theta_on_labeled: bool = False):
         """
         mode "segment": D_theta(E(x)), one logits tensor (inference, nnU-Net validation).
         mode "psi":     D_psi(E(x)) at full resolution (the teacher's logits on an unlabeled batch).
@@ -183,6 +183,7 @@ class ADNet(nn.Module):
             "xi":      D_xi on the labeled batch's noisy labels (when ``x_t`` and ``t`` are given),
             "psi":     D_psi(E(x)) on the labeled batch (with ``psi_deep_supervision``: nnU-Net's list of
                        outputs, full resolution first),
+            "theta":   D_theta on the SAME labeled skips (only with ``theta_on_labeled``),
             "theta_u": D_theta(E(x_u)) on the unlabeled batch,
             "psi_u":   D_psi on the SAME unlabeled skips, without gradient (one encoder pass serves both; left out
                        with ``psi_on_unlabeled=False``, when the teacher saw another view of the batch).
@@ -194,7 +195,10 @@ class ADNet(nn.Module):
         if mode == "denoise":
             return self.denoise(x, x_t, t)
         if mode == "train":
-            out: Dict[str, torch.Tensor] = {"psi": self.decoder_psi(self.encode(x))}
+            skips = self.encode(x)
+            out: Dict[str, torch.Tensor] = {"psi": self.decoder_psi(skips)}
+            if theta_on_labeled:
+                out["theta"] = self.decoder(skips)
             if x_t is not None:
                 out["xi"] = self.denoise(x, x_t, t)
             if x_unlabeled is not None:

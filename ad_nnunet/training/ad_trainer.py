@@ -9,6 +9,8 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
     y_hat  = argmax(GaussSmooth(GumbelSoftmax(clip(DDIM(x_u), -1, 1))) + Softmax(D_psi(x_u)))   (RS, no gradient)
     L_u    = DiceCE(D_theta(x_u), y_hat)   (with pseudo_label_min_confidence: over the voxels where RS is confident)
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
+             (+ lambda * L_theta with theta_supervised_weight lambda > 0: nnU-Net's Dice+CE of D_theta(x_l) against
+             y_l at full resolution; the paper's D_theta never sees a label, lambda = 0)
 
 Only D_theta (with the shared encoder) is used for validation and prediction: ``network(x)`` is D_theta(E(x)).
 With ``final_interpolation`` a (ADTrainer_finetune), the final model is (1 - a) * warm start + a * trained for those
@@ -124,6 +126,9 @@ class ADTrainer(nnUNetTrainer):
         # q in [0, 1]: in each unlabeled sample, the share q of its voxels with the lowest RS confidence is left out
         # of L_u, whatever the class count (rs_fusion.py); None: none
         self.pseudo_label_ignore_fraction: Optional[float] = None
+        # lambda >= 0: D_theta also learns the labeled batch (L_theta, nnU-Net's Dice+CE at full resolution) with
+        # this weight; 0: only through the EMA and the pseudo-labels, as in the paper
+        self.theta_supervised_weight = 0.0
         for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
         if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
@@ -308,7 +313,8 @@ class ADTrainer(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             terms = self.loss_terms(image, target, unlabeled)
             mu = self.unlabeled_weight()
-            loss = terms["L_deno"] + terms["L_diff"] + mu * terms["L_u"]
+            loss = (terms["L_deno"] + terms["L_diff"] + mu * terms["L_u"]
+                    + self.theta_supervised_weight * terms["L_theta"])
         stepped = self.backward_and_step(loss)
         return {"loss": loss.detach().cpu().numpy() if stepped else np.array(np.nan),
                 "skipped": float(not stepped), "mu": mu,
@@ -322,9 +328,12 @@ class ADTrainer(nnUNetTrainer):
         logits_xi_u = self.diffusion.sample(unlabeled)  # before the noisy labels: the seeded random draws' order
         out, pseudo = self.forward_and_pseudo_label(image, self.diffusion.noisy_labels(labels), unlabeled, logits_xi_u)
         weights = self.class_weights(self.diffusion.labeled_prediction(out), labels)
+        full_resolution_loss = self.supervised_loss.loss if self.psi_deep_supervision else self.supervised_loss
         return {"L_deno": self.diffusion.loss(out, labels),
                 "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),
                 "L_u": dice_ce_loss(out["theta_u"], pseudo),
+                "L_theta": (full_resolution_loss(out["theta"], labels) if "theta" in out
+                            else torch.zeros((), device=labels.device)),
                 "pseudo_fg_fraction": float((pseudo > 0).float().mean()),
                 "pseudo_ignored_fraction": float((pseudo == IGNORE_LABEL).float().mean())}
 
@@ -333,7 +342,8 @@ class ADTrainer(nnUNetTrainer):
                                  ) -> Tuple[Dict, torch.Tensor]:
         """Hook: the step's train forward (ADNet.forward) and y_hat. D_theta learns y_hat on the unlabeled batch the
         teacher saw; D_psi's teacher logits come from the same encoder pass."""
-        out = self.network(image, mode="train", **noisy_labels, x_unlabeled=unlabeled)
+        out = self.network(image, mode="train", **noisy_labels, x_unlabeled=unlabeled,
+                           theta_on_labeled=self.theta_supervised_weight > 0)
         return out, self.pseudo_label(logits_xi_u, out["psi_u"])
 
     def class_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
@@ -390,7 +400,8 @@ class ADTrainer(nnUNetTrainer):
         finite = [o for o in train_outputs if not o["skipped"]] or train_outputs
         super().on_train_epoch_end([{"loss": o["loss"]} for o in finite])
         summary = {key: float(np.nanmean([float(o[key]) for o in finite]))
-                   for key in ("L_deno", "L_diff", "L_u", "mu", "pseudo_fg_fraction", "pseudo_ignored_fraction")}
+                   for key in ("L_deno", "L_diff", "L_u", "L_theta", "mu", "pseudo_fg_fraction",
+                               "pseudo_ignored_fraction")}
         summary["skipped_steps"] = float(sum(o["skipped"] for o in train_outputs))
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
@@ -402,7 +413,8 @@ class ADTrainer(nnUNetTrainer):
         self.print_to_log_file("A&D: " + ", ".join(
             f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
             for k, v in summary.items()))
-        if self.pseudo_label_min_confidence is not None and summary["pseudo_ignored_fraction"] > 0.5:  # kappa rarely reaches 0.8 with 4 classes (docs/method.md)
+        # kappa rarely reaches 0.8 with 4 classes (docs/method.md)
+        if self.pseudo_label_min_confidence is not None and summary["pseudo_ignored_fraction"] > 0.5:
             self.print_to_log_file(
                 f"warning: pseudo_label_min_confidence {self.pseudo_label_min_confidence} left "
                 f"{summary['pseudo_ignored_fraction']:.0%} of the unlabeled voxels out of L_u this epoch. Fix: choose "

@@ -68,7 +68,7 @@ AD_SETTINGS: Dict[str, Accepts] = {
     "smoothing_kernel_size": _int("an odd int >= 1", lambda v: v >= 1 and v % 2 == 1),
     "smoothing_sigma": POSITIVE, "seed": _int("an int >= 0", lambda v: v >= 0),
     "final_interpolation": _or_none(FRACTION), "pseudo_label_min_confidence": _or_none(FRACTION),
-    "pseudo_label_ignore_fraction": _or_none(FRACTION),
+    "pseudo_label_ignore_fraction": _or_none(FRACTION), "theta_supervised_weight": NON_NEGATIVE,
 }
 
 
@@ -187,7 +187,8 @@ class ADTrainer_strongView(ADTrainer):
         with torch.no_grad():
             pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"))
         student, pseudo = strong_view(unlabeled, pseudo)  # global torch RNG: seeded, saved on resume
-        return self.network(image, mode="train", **noisy_labels, x_unlabeled=student, psi_on_unlabeled=False), pseudo
+        return self.network(image, mode="train", **noisy_labels, x_unlabeled=student, psi_on_unlabeled=False,
+                            theta_on_labeled=self.theta_supervised_weight > 0), pseudo
 
 
 # A&D as a fine-tuning phase of a trained nnU-Net model (start it with adnnunet_warm_start, then --c): a learning
@@ -203,3 +204,7 @@ ADTrainer_finetune_confident = make_variant("ADTrainer_finetune_confident", ADTr
 # count; 5 % is about what k = 0.8 leaves out on LA's and k = 0.6 on ACDC's development patches (docs/method.md).
 ADTrainer_finetune_dropunsure = make_variant("ADTrainer_finetune_dropunsure", ADTrainer_finetune,
                                              pseudo_label_ignore_fraction=0.05)
+# Experimental: D_theta, the decoder that predicts, also learns the labeled batch (as the matched control does) next
+# to the pseudo-labels; in the paper it sees labels only through the EMA of D_psi and D_xi, which lags them.
+ADTrainer_finetune_thetaSupervised = make_variant("ADTrainer_finetune_thetaSupervised", ADTrainer_finetune,
+                                                  theta_supervised_weight=1.0)
