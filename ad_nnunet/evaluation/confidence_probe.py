@@ -2,10 +2,11 @@ r"""How a confidence mask splits A&D's pseudo-label, on development cases whose 
 
 For a trained A&D run, patches of the given cases (each centred on a random foreground voxel of the case's label in
 the run's preprocessed folder) get training's RS pseudo-label :math:`\hat y` (``rs_fusion.py``: D_xi's DDIM sample
-fused with D_psi), fused once per patch and split at every threshold :math:`k` and every fraction :math:`q`. With :math:`I_k` the
-voxels whose confidence :math:`\kappa < k` (left out of :math:`L_u` by ``pseudo_label_min_confidence = k``), or
-:math:`I_q` the share :math:`q` of each patch's voxels with the lowest :math:`\kappa` (``pseudo_label_ignore_fraction
-= q``; a patch stands for a training sample), :math:`K` the others and :math:`E = \{v : \hat y_v \ne y_v\}` the pseudo-label's errors against the reference label :math:`y`:
+fused with D_psi), fused once per patch and split at every threshold :math:`k` and every fraction :math:`q`. With
+:math:`I_k` the voxels whose confidence :math:`\kappa < k` (left out of :math:`L_u` by
+``pseudo_label_min_confidence = k``), or :math:`I_q` the share :math:`q` of each patch's voxels with the lowest
+:math:`\kappa` (``pseudo_label_ignore_fraction = q``; a patch stands for a training sample), :math:`K` the others and
+:math:`E = \{v : \hat y_v \ne y_v\}` the pseudo-label's errors against the reference label :math:`y`:
 
 .. math::
     \text{ignored} = \frac{|I_k|}{N}, \quad \text{error rate kept} = \frac{|E \cap K_k|}{|K_k|}, \quad
@@ -13,9 +14,9 @@ voxels whose confidence :math:`\kappa < k` (left out of :math:`L_u` by ``pseudo_
     \text{errors removed} = \frac{|E \cap I_k|}{|E|},
 
 (likewise for :math:`I_q`) and the foreground-mean Dice of :math:`\hat y` against :math:`y` over the kept voxels
-(mean over patches). A useful mask leaves out few voxels, many of them wrong. The teachers scored: the run's trained networks and, for a
-warm-started run that records its start (``ad_state["start_unet"]``), the model it started from (every decoder
-computing it), i.e. the teacher of the first steps.
+(mean over patches). A useful mask leaves out few voxels, many of them wrong. The teachers scored: the run's trained
+networks and, for a warm-started run that records its start (``ad_state["start_unet"]``), the model it started from
+(every decoder computing it), i.e. the teacher of the first steps.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]
         score = rs_score(logits_xi.float(), logits_psi.float(), trainer.smoothing, tau=trainer.gumbel_tau,
                          generator=torch.Generator(trainer.device).manual_seed(seed + i))
         fused = {k: label_of_score(score, *k) for k in levels}
-        wrong = fused[none] != label  # the errors of y_hat, whether or not a threshold leaves them out
+        wrong = fused[none] != label  # the errors of y_hat, whether or not a mask leaves them out
         for k in levels:
             ignored = fused[k] == IGNORE_LABEL
             counts[k] += [int(ignored.sum()), int((wrong & ~ignored).sum()), int((wrong & ignored).sum()),
@@ -142,9 +143,9 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
               checkpoint_name: str = "checkpoint_final.pth", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               patches_per_case: int = 2, seed: int = 0,
               fractions: Sequence[float] = ()) -> Tuple[Path, int, Dict[str, List[Dict]]]:
-    """Mask tables (``threshold_table``: ``thresholds``, then ``fractions``) of every teacher of an A&D run's fold, on ``patches_per_case``
-    foreground patches of each development case; returns (checkpoint path, number of patches, teacher -> table).
-    Refuses cases the run trained on: their labels would flatter the pseudo-label."""
+    """Mask tables (``threshold_table``: ``thresholds``, then ``fractions``) of every teacher of an A&D run's fold, on
+    ``patches_per_case`` foreground patches of each development case; returns (checkpoint path, number of patches,
+    teacher -> table). Refuses cases the run trained on: their labels would flatter the pseudo-label."""
     from nnunetv2.run.run_training import get_trainer_from_args
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
