@@ -116,8 +116,11 @@ def test_interrupted_training_resumes_with_c_and_failures_name_stage_and_log(ben
         return 3.0
 
     monkeypatch.setattr(bench, "run_cmd", fake_run_cmd)
+    monkeypatch.setenv("AD_BENCH_COMMIT", "c0ffee")  # the code the resumed attempt runs
+    bench.state["stages"][stage]["commits"] = ["beef01"]  # ... and the killed one ran
     entry = bench.stage(stage, bench.train(method))
     assert calls[0][-1] == "--c" and entry["wall_s"] == 3.0 and entry["epoch_time_s"] == 2.5
+    assert entry["commits"] == ["beef01", "c0ffee"]  # the report names both
     assert json.loads((tmp_path / "out" / "state.json").read_text())["stages"][stage]["status"] == "done"
     # a trainer that trained another number of epochs than the budget (its own num_epochs won) is refused
     epoch_ends.append(5.0)
@@ -184,7 +187,7 @@ def _evaluate_untrained(bench, methods, lesion_missed_by=None):
             img.CopyInformation(ref)
             sitk.WriteImage(img, str(pred / f"{c}.nii.gz"))
         bench.state["stages"][f"train_{m.key}"] = {"status": "done", "wall_s": 1.0, "attempts_s": [1.0],
-                                                       "epoch_time_s": 1.0}
+                                                       "epoch_time_s": 1.0, "commits": ["abc1234"]}
         bench.state["stages"][f"predict_{m.key}"] = {"status": "done", "wall_s": 1.0}
         bench.stage(f"evaluate_{m.key}", bench.evaluate(m.key))
 
@@ -229,7 +232,8 @@ def test_report_per_class_and_per_domain_tables_simulated_banner_and_ad_progress
                  "## Per domain (SIMULATED domains)", "| Domain | test cases | Method | Dice (%) | HD95 (mm) |",
                  "| B | 1 | nnU-Net, labeled only | 66.67 ± 0.00 |", "| A | 1 | A&D (ADTrainer) | 100.00 ± 0.00 |",
                  "| nnU-Net, labeled only | 100.00 ± 0.00 | 100.00 ± 0.00 | 50.00 ± 50.00 |",
-                 "[difficulty weights trajectory](ad_progress.png)"):
+                 "[difficulty weights trajectory](ad_progress.png)", "trained with the code of commit abc1234",
+                 "- commit when the report was written: "):
         assert text in md, text
     assert "90.31" not in md  # the paper's LA numbers belong to the plain ssl report only
     # paired per-case comparison: A&D equals labeled-only on one case and is 1/3 better on the other

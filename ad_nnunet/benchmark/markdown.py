@@ -198,6 +198,8 @@ def render_markdown(r: dict) -> str:
         if row["train_attempts"] > 1:
             extra += (f"; trained in {row['train_attempts']} attempts (resumed with --c; the wall time of "
                       f"interrupted attempts is not counted, the epoch time covers all epochs)")
+        if row.get("train_commits"):
+            extra += f"; trained with the code of commit {', '.join(row['train_commits'])}"
         lines.append(f"- {row['method']}: `{row['trainer']}` fold {row['fold']} ({row['training_data']}); "
                      f"epoch time {row['train_epoch_time_s']} s{extra}; model {row['model_folder']}")
     lines += ["", "## Split", "",
@@ -216,7 +218,8 @@ def render_markdown(r: dict) -> str:
               f"- CPU: {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable); device: {mach['device']}"
               + (f" ({mach['gpu']})" if mach.get("gpu") else ""),
               f"- Python {mach['python']}, torch {mach['torch']}, nnunetv2 {mach['nnunetv2']}",
-              f"- commit: {r['commit']}", f"- command: `{r['command']}`"]
+              f"- commit when the report was written: {r['commit']} (each run's training commit: above)",
+              f"- command: `{r['command']}`"]
     if len(r["invocations"]) > 1:
         lines.append(f"- resumed {len(r['invocations']) - 1} time(s)")
     if r["note"]:

@@ -69,6 +69,7 @@ def build_report(bench: Benchmark) -> dict:
                      "train_wall_s": train["wall_s"],
                      "train_epoch_time_s": train.get("epoch_time_s"), "predict_wall_s": pred["wall_s"],
                      "skipped_steps": train.get("skipped_steps"), "train_attempts": len(train["attempts_s"]),
+                     "train_commits": train.get("commits", []),
                      "model_folder": str(bench.model_folder(m))})
     names = class_names(bench.dataset_json, bench.raw / "dataset.json")
     for row in rows:

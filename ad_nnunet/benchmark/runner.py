@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ad_nnunet.benchmark.budget import METHOD_KEYS
+from ad_nnunet.benchmark.provenance import git_commit
 from ad_nnunet.errors import ADInputError
 from ad_nnunet.publishing import write_json_atomic
 
@@ -103,13 +104,16 @@ class StageRunner:
         return seconds
 
     def stage(self, name: str, fn: Callable[[dict], Optional[dict]]) -> dict:
-        """Run ``fn(entry)`` unless ``name`` is complete in state.json; ``entry`` persists across attempts."""
+        """Run ``fn(entry)`` unless ``name`` is complete in state.json; ``entry`` persists across attempts and lists
+        the commits of the code each attempt ran (``commits``)."""
         entry = self.state["stages"].setdefault(name, {"status": "pending"})
         if entry["status"] == "done":
             self.log(f"{name}: already complete, skipped")
             return entry
         resumed = entry["status"] == "started"
         entry["status"] = "started"
+        if git_commit() not in entry.setdefault("commits", []):
+            entry["commits"].append(git_commit())
         self.save_state()
         self.log(f"{name}: {'resuming' if resumed else 'started'}")
         t = time.time()
