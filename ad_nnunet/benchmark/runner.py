@@ -112,8 +112,9 @@ class StageRunner:
             return entry
         resumed = entry["status"] == "started"
         entry["status"] = "started"
-        if git_commit() not in entry.setdefault("commits", []):
-            entry["commits"].append(git_commit())
+        commit = git_commit()
+        if commit not in entry.setdefault("commits", []):
+            entry["commits"].append(commit)
         self.save_state()
         self.log(f"{name}: {'resuming' if resumed else 'started'}")
         t = time.time()
