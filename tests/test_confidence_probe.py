@@ -30,7 +30,7 @@ def _dataset(trainer, cases):
     return infer_dataset_class(folder)(folder, cases)
 
 
-def test_threshold_table_splits_the_same_pseudo_label(tiny):
+def test_mask_table_splits_the_same_pseudo_label(tiny):
     trainer = _trainer(tiny)
     cases = sorted(trainer.do_split()[0])[:2]
     patches = probe.foreground_patches(_dataset(trainer, cases), cases, trainer.configuration_manager.patch_size, 2)
@@ -38,7 +38,7 @@ def test_threshold_table_splits_the_same_pseudo_label(tiny):
     for image, label in patches:
         assert image.shape[2:] == label.shape[2:] == tuple(trainer.configuration_manager.patch_size)
         assert (label > 0).any()  # centred on the foreground
-    rows = probe.threshold_table(trainer, patches, (0.0, 0.6, 0.75, 1.0))
+    rows = probe.mask_table(trainer, patches, (0.0, 0.6, 0.75, 1.0))
     by_k = {r["min_confidence"]: r for r in rows}
     assert [r["min_confidence"] for r in rows] == [None, 0.0, 0.6, 0.75, 1.0]
     # no threshold and k = 0 keep every voxel; k = 1 leaves every voxel out (full agreement never happens)
@@ -59,10 +59,10 @@ def test_threshold_table_splits_the_same_pseudo_label(tiny):
         assert r["errors_removed"] == pytest.approx(r["error_rate_ignored"] * r["ignored"] /
                                                     by_k[None]["error_rate_kept"])
     # the same seed repeats the table
-    assert probe.threshold_table(trainer, patches, (0.6,)) == [by_k[None], by_k[0.6]]
+    assert probe.mask_table(trainer, patches, (0.6,)) == [by_k[None], by_k[0.6]]
     assert "| none |" in probe.format_table(rows) and "| kappa < 0.6 |" in probe.format_table(rows)
     # a fraction leaves out that share of every patch (rounded to whole voxels); a larger one removes more errors
-    none, *by_q = probe.threshold_table(trainer, patches, (), fractions=(0.1, 0.5))
+    none, *by_q = probe.mask_table(trainer, patches, (), fractions=(0.1, 0.5))
     assert none == by_k[None] and [r["ignore_fraction"] for r in by_q] == [0.1, 0.5]
     for r, q in zip(by_q, (0.1, 0.5)):
         assert r["ignored"] == pytest.approx(q, abs=1 / label.numel()) and r["min_confidence"] is None
@@ -119,7 +119,7 @@ def test_the_command_scores_the_saved_run(tiny, tmp_path, capsys):
     written = json.loads(out.read_text())
     assert (written["cases"], written["patches_per_case"], written["seed"]) == (dev, 1, 0)
     patches = probe.foreground_patches(_dataset(trainer, dev), dev, trainer.configuration_manager.patch_size, 1)
-    assert written["tables"] == {"trained": probe.threshold_table(trainer, patches, (0.6, 0.75), fractions=(0.05,))}
+    assert written["tables"] == {"trained": probe.mask_table(trainer, patches, (0.6, 0.75), fractions=(0.05,))}
 
 
 class _Cases:

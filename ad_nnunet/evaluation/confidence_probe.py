@@ -69,9 +69,9 @@ def foreground_patches(dataset, cases: Sequence[str], patch_size: Sequence[int],
 
 
 @torch.no_grad()
-def threshold_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, seed: int = 0,
-                    fractions: Sequence[float] = ()) -> List[Dict]:
+def mask_table(trainer, patches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+               thresholds: Sequence[float] = DEFAULT_THRESHOLDS, seed: int = 0,
+               fractions: Sequence[float] = ()) -> List[Dict]:
     """One row per mask for the teacher ``trainer.core`` holds now (module docstring): no mask first (every voxel
     kept), then each threshold (``min_confidence``), then each fraction (``ignore_fraction``). The DDIM sample of
     patch i is drawn under ``torch.manual_seed(seed + i)``, its Gumbel noise from a generator seeded alike; the fused
@@ -143,7 +143,7 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
               checkpoint_name: str = "checkpoint_final.pth", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               patches_per_case: int = 2, seed: int = 0,
               fractions: Sequence[float] = ()) -> Tuple[Path, int, Dict[str, List[Dict]]]:
-    """Mask tables (``threshold_table``: ``thresholds``, then ``fractions``) of every teacher of an A&D run's fold, on
+    """Mask tables (``mask_table``: ``thresholds``, then ``fractions``) of every teacher of an A&D run's fold, on
     ``patches_per_case`` foreground patches of each development case; returns (checkpoint path, number of patches,
     teacher -> table). Refuses cases the run trained on: their labels would flatter the pseudo-label."""
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -171,5 +171,5 @@ def probe_run(run_folder: Union[str, os.PathLike], fold: int, cases: Sequence[st
     tables = {}
     for name, state in teachers(trainer, checkpoint).items():
         trainer.core.load_state_dict(state)
-        tables[name] = threshold_table(trainer, patches, thresholds, seed, fractions)
+        tables[name] = mask_table(trainer, patches, thresholds, seed, fractions)
     return checkpoint_file, len(patches), tables

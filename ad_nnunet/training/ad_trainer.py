@@ -343,8 +343,13 @@ class ADTrainer(nnUNetTrainer):
         """Hook: the step's train forward (ADNet.forward) and y_hat. D_theta learns y_hat on the unlabeled batch the
         teacher saw; D_psi's teacher logits come from the same encoder pass."""
         out = self.network(image, mode="train", **noisy_labels, x_unlabeled=unlabeled,
-                           theta_on_labeled=self.theta_supervised_weight > 0)
+                           theta_on_labeled=self.theta_on_labeled)
         return out, self.pseudo_label(logits_xi_u, out["psi_u"])
+
+    @property
+    def theta_on_labeled(self) -> bool:
+        """Whether the train forward also runs D_theta on the labeled batch: only L_theta needs it."""
+        return self.theta_supervised_weight > 0
 
     def class_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
         """Hook: per-class weights of D_psi's loss from the labeled prediction ``logits`` (the diffusion stream's

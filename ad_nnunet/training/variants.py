@@ -188,7 +188,7 @@ class ADTrainer_strongView(ADTrainer):
             pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"))
         student, pseudo = strong_view(unlabeled, pseudo)  # global torch RNG: seeded, saved on resume
         return self.network(image, mode="train", **noisy_labels, x_unlabeled=student, psi_on_unlabeled=False,
-                            theta_on_labeled=self.theta_supervised_weight > 0), pseudo
+                            theta_on_labeled=self.theta_on_labeled), pseudo
 
 
 # A&D as a fine-tuning phase of a trained nnU-Net model (start it with adnnunet_warm_start, then --c): a learning
