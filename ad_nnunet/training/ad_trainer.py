@@ -332,7 +332,7 @@ class ADTrainer(nnUNetTrainer):
         return {"L_deno": self.diffusion.loss(out, labels),
                 "L_diff": self.supervised_loss_of_psi(out["psi"], target, weights),
                 "L_u": dice_ce_loss(out["theta_u"], pseudo),
-                "L_theta": (full_resolution_loss(out["theta"], labels) if "theta" in out
+                "L_theta": (full_resolution_loss(out["theta"], labels) if self.theta_on_labeled
                             else torch.zeros((), device=labels.device)),
                 "pseudo_fg_fraction": float((pseudo > 0).float().mean()),
                 "pseudo_ignored_fraction": float((pseudo == IGNORE_LABEL).float().mean())}
