@@ -204,7 +204,8 @@ ADTrainer_finetune_confident = make_variant("ADTrainer_finetune_confident", ADTr
 # count; 5 % is about what k = 0.8 leaves out on LA's and k = 0.6 on ACDC's development patches (docs/method.md).
 ADTrainer_finetune_dropunsure = make_variant("ADTrainer_finetune_dropunsure", ADTrainer_finetune,
                                              pseudo_label_ignore_fraction=0.05)
-# Experimental: D_theta, the decoder that predicts, also learns the labeled batch (as the matched control does) next
-# to the pseudo-labels; in the paper it sees labels only through the EMA of D_psi and D_xi, which lags them.
+# The recommended recipe (chosen on development cases, docs/benchmarks.md): D_theta, the decoder that predicts, also
+# learns the labeled batch (as the matched control does) next to the pseudo-labels; in the paper it sees labels only
+# through the EMA of D_psi and D_xi, which lags them.
 ADTrainer_finetune_thetaSupervised = make_variant("ADTrainer_finetune_thetaSupervised", ADTrainer_finetune,
                                                   theta_supervised_weight=1.0)
