@@ -119,6 +119,9 @@ def test_resume_restores_every_piece_of_state(tiny, monkeypatch):
     assert checkpoint["current_epoch"] == 1
     assert any(k.startswith("difficulty.") for k in checkpoint["network_weights"])
 
+    for key in ("L_theta", "pseudo_ignored_fraction"):  # as a checkpoint written before they were logged
+        del checkpoint["logging"][key]
+    torch.save(checkpoint, os.path.join(output_folder(tiny), "checkpoint_latest.pth"))
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
     resumed = make_trainer(tiny, continue_training=True)
@@ -136,7 +139,8 @@ def test_resume_restores_every_piece_of_state(tiny, monkeypatch):
     assert len(log["L_u"]) == 1 and len(log["class_weights"]) == 1
     resumed.run_training()
     assert resumed.current_epoch == 2
-    assert len(resumed.logger.local_logger.my_fantastic_logging["L_u"]) == 2
+    log = resumed.logger.local_logger.my_fantastic_logging
+    assert len(log["L_u"]) == 2 and np.isnan(log["L_theta"][0]) and np.isfinite(log["pseudo_ignored_fraction"][1])
 
 
 def test_nan_loss_skips_the_step_and_training_goes_on(tiny):

@@ -65,7 +65,7 @@ from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.method.svda import svda_training_transforms
 from ad_nnunet.network.ad_net import ADNet, build_ad_network
 from ad_nnunet.training.diffusion_stream import DiffusionStream
-from ad_nnunet.training.progress import AD_LOG_KEYS, plot_ad_progress
+from ad_nnunet.training.progress import AD_LOG_KEYS, add_missing_ad_log_keys, plot_ad_progress
 from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
 from ad_nnunet.training.weight_interpolation import interpolate_towards, unet_state
 
@@ -413,7 +413,7 @@ class ADTrainer(nnUNetTrainer):
             dist.all_gather_object(gathered, summary)
             summary = {k: float(np.mean([g[k] for g in gathered])) for k in summary}
         summary["class_weights"] = [float(w) for w in self.core.difficulty.weights.cpu()]
-        for key in AD_LOG_KEYS:  # the ignored fraction is printed only: older checkpoints' logs lack it
+        for key in AD_LOG_KEYS:
             self.logger.log(key, summary[key], self.current_epoch)
         self.print_to_log_file("A&D: " + ", ".join(
             f"{k} {np.round(v, 4) if not isinstance(v, list) else np.round(v, 3).tolist()}"
@@ -448,6 +448,9 @@ class ADTrainer(nnUNetTrainer):
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("ADTrainer.load_checkpoint takes a checkpoint path (nnU-Net 2.8.1 cannot load dicts)")
         super().load_checkpoint(filename_or_checkpoint)
+        added = add_missing_ad_log_keys(self.logger.local_logger.my_fantastic_logging)
+        if added:
+            self.print_to_log_file(f"the checkpoint's log predates {', '.join(added)}: its epochs so far read NaN there")
         ad_state = load_checkpoint(filename_or_checkpoint).get("ad_state")
         if ad_state is not None:
             self.skipped_steps = ad_state["skipped_steps"]
