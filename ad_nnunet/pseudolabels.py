@@ -4,7 +4,10 @@ For every unlabeled case of a fold (``fold_F/ad_split.json``, key ``unlabeled``)
 preprocessed image, nnU-Net's sliding-window logits of D_psi (:math:`\ell^\psi`, full resolution) and two DDIM
 samples of D_xi's :math:`x_0` logits (:math:`\ell^{\xi}`, :math:`\ell^{\xi'}`, different seeds; no mirroring, as
 training makes its pseudo-labels). The pseudo-label is training's RS fusion of :math:`\ell^\xi` and :math:`\ell^\psi`
-(``ad_nnunet/method/rs_fusion.py``), exported to the scan's original geometry by nnU-Net's own export path. Scores,
+(``ad_nnunet/method/rs_fusion.py``; with the logits of the model the run started from when its trainer sets
+``start_model_vote``), exported to the scan's original geometry by nnU-Net's own export path. The streams are the
+teacher as trained: for a ``final_interpolation`` run, whose checkpoint saves a mix of the start and the trained
+U-Net, the recorded trained U-Net (``ad_state["trained_unet"]``) replaces the mix. Scores,
 with :math:`F` the foreground classes, :math:`\hat y` the fused label and
 :math:`\mathrm{Dice}_F(a, b) = \frac{1}{|F|}\sum_{c \in F} \frac{2|a_c \cap b_c|}{|a_c| + |b_c|}` (a class absent from
 both maps counts 1: they agree on it):
@@ -28,6 +31,7 @@ temporary file and renamed; a case with all three is skipped on a rerun), ``pseu
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import html
@@ -172,6 +176,23 @@ class PsiLogits(_StreamOfADNet):
         return ADNet.full_resolution(self.net.decoder_psi(self.net.encode(x)))
 
 
+class StartModelLogits(_StreamOfADNet):
+    """E and D_theta with the U-Net the run started from (``start_unet``), as training's start model: it replaces
+    whatever fold parameters the predictor loads, on a copy of ``net``."""
+
+    def __init__(self, net: ADNet, start_unet: Dict[str, torch.Tensor]):
+        super().__init__(copy.deepcopy(net))
+        self.start_unet = start_unet
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+        self.net.load_state_dict(self.start_unet, strict=False)
+        return result
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class DiffusionLogits(_StreamOfADNet):
     """D_xi's DDIM x0 logits for x, as ``DiffusionStream.sample`` in training; ``generator`` (on the model's device)
     draws x_T, so a reseeded generator repeats the sample."""
@@ -263,14 +284,27 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
     fusion_kwargs = {"tau": overrides["gumbel_tau"]} if "gumbel_tau" in overrides else {}
     schedule = LinearDiffusionSchedule(overrides.get("diffusion_timesteps", 1000))
     psi, xi = PsiLogits(net), DiffusionLogits(net, schedule, ddim_steps)
+    ad_state = load_checkpoint(Path(run_folder) / f"fold_{fold}" / checkpoint_name).get("ad_state") or {}
+    if ad_state.get("trained_unet") is not None:  # the teacher as trained, not the saved mix (module docstring)
+        predictor.list_of_parameters = [{**p, **ad_state["trained_unet"]} for p in predictor.list_of_parameters]
+    start = None
+    if overrides.get("start_model_vote"):
+        if ad_state.get("start_unet") is None:
+            raise ADInputError(f"{predictor.trainer_name} lets the model it started from vote in the pseudo-label, "
+                               f"but {checkpoint_name} of fold {fold} does not record that model. Fix: use a "
+                               f"checkpoint of a run started with adnnunet_warm_start.")
+        start = StartModelLogits(net, ad_state["start_unet"])
+        fusion_kwargs["start_weight"] = overrides["start_model_vote"]
     preprocessor = config.preprocessor_class(verbose=False)
     ending = predictor.dataset_json["file_ending"]
     class_names = {int(v): k for k, v in predictor.dataset_json["labels"].items() if int(v) > 0}
 
-    def fuse(logits_xi: torch.Tensor, logits_psi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def fuse(logits_xi: torch.Tensor, logits_psi: torch.Tensor, logits_start: Optional[torch.Tensor],
+             generator: torch.Generator) -> torch.Tensor:
         # 2D configurations smooth within slices: the first spatial axis becomes the batch
         batched = (lambda t: t[None]) if smoothing.dim == logits_psi.ndim - 1 else (lambda t: t.movedim(0, 1))
         fused = rs_pseudo_label(batched(logits_xi), batched(logits_psi), smoothing, generator=generator,
+                                logits_start=None if logits_start is None else batched(logits_start),
                                 **fusion_kwargs)
         return fused[0, 0] if smoothing.dim == logits_psi.ndim - 1 else fused[:, 0]
 
@@ -288,7 +322,12 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
             xi.generator = torch.Generator(device).manual_seed(_case_seed(seed, case, stream))
             predictor.network = xi
             samples.append(predictor.predict_logits_from_preprocessed_data(data).float())
-        fused = fuse(samples[0], logits_psi, torch.Generator().manual_seed(_case_seed(seed, case, "gumbel")))
+        logits_start = None
+        if start is not None:
+            predictor.network = start
+            logits_start = predictor.predict_logits_from_preprocessed_data(data).float()
+        fused = fuse(samples[0], logits_psi, logits_start,
+                     torch.Generator().manual_seed(_case_seed(seed, case, "gumbel")))
 
         onehot = torch.nn.functional.one_hot(fused, labels.num_segmentation_heads).movedim(-1, 0).float()
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(

@@ -355,7 +355,8 @@ def test_ablation_differs_from_the_paper_recipe_only_in_its_part(tiny, name):
     if name in ("ADTrainer_noRS", "ADTrainer_noDiffusion"):  # a plain argmax of D_xi's logits (of D_psi's)
         logits_xi, logits_psi = torch.randn(2, 2, 3, 8, 8, 8)
         taken = logits_xi if name == "ADTrainer_noRS" else logits_psi
-        assert torch.equal(ablation.pseudo_label(logits_xi, logits_psi), taken.argmax(1, keepdim=True))
+        assert torch.equal(ablation.pseudo_label(logits_xi, logits_psi, torch.randn(2, 1, 8, 8, 8)),
+                           taken.argmax(1, keepdim=True))
 
 
 def test_dataset_without_unlabeled_cases_is_a_clear_error(tiny):
@@ -554,6 +555,50 @@ def test_warm_start_of_a_plain_nnunet_trainer_continues_the_model(tiny):
     other = {**state, "decoder.seg_layers.0.weight": torch.zeros(5, *state["decoder.seg_layers.0.weight"].shape[1:])}
     with pytest.raises(ADInputError, match=r"model.pth has decoder.seg_layers.0.weight of shape .*same -p plans"):
         load_unet_weights(control.network, other, "model.pth")
+
+
+def test_anchored_variant_lets_the_frozen_warm_start_vote_in_the_pseudo_label(tiny):
+    """start_model_vote = w: RS adds w x softmax of the model the run started from, a frozen copy that training does
+    not move; a run without a warm start is refused before training."""
+    from ad_nnunet.pseudolabels import StartModelLogits
+    from ad_nnunet.training.variants import ADTrainer_finetune_thetaSupervised
+    from ad_nnunet.training.warm_start import read_nnunet_checkpoint, write_warm_start_checkpoint
+
+    anchored = make_trainer(tiny, "ADTrainer_finetune_anchored")
+    assert _differing_attributes(anchored, make_trainer(tiny, "ADTrainer_finetune_thetaSupervised")) == \
+        {"start_model_vote": 1.0}
+    assert type(anchored).__bases__ == (ADTrainer_finetune_thetaSupervised,)
+    anchored.initialize()
+    with pytest.raises(ADInputError, match=r"uses the model it started from \(final_interpolation=0.5, "
+                                           r"start_model_vote=1.0\), but .* holds no warm start"):
+        anchored.on_train_start()
+
+    nnunet, source = trained_nnunet_model(tiny)
+    write_warm_start_checkpoint(make_trainer(tiny, "ADTrainer_finetune_anchored"), source,
+                                read_nnunet_checkpoint(source), overwrite=True)
+    trainer = make_trainer(tiny, "ADTrainer_finetune_anchored", continue_training=True)
+    trainer.initialize()
+    trainer.load_checkpoint(os.path.join(output_folder(tiny, "ADTrainer_finetune_anchored"), "checkpoint_latest.pth"))
+    trainer.on_train_start()
+    with torch.no_grad():  # stands in for training: the start model must not follow
+        for p in trainer.core.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 1, *trainer.configuration_manager.patch_size)
+    nnunet.network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.start_model_logits(x), nnunet.network(x)[0])
+        # adnnunet_pseudolabels' stream of the start model: the start U-Net wins over the fold parameters it loads
+        stream = StartModelLogits(trainer.core, trainer.start_unet).eval()
+        stream.load_state_dict(trainer.core.state_dict())
+        torch.testing.assert_close(stream(x), nnunet.network(x)[0])
+    assert not any(p.requires_grad for p in trainer.start_model.parameters())
+    assert not any(p is q for p in trainer.start_model.parameters() for q in trainer.network.parameters())
+    batch = next(trainer.dataloader_train)
+    terms = trainer.loss_terms(batch["data"], [t.long() for t in batch["target"]],
+                               next(trainer.dataloader_unlabeled)["data"])
+    assert torch.isfinite(terms["L_u"]) and 0 <= terms["pseudo_fg_fraction"] <= 1
+    trainer.on_train_end()
+    assert make_trainer(tiny, "ADTrainer_finetune").start_model_logits(x) is None  # w = 0: no extra pass
 
 
 def test_every_variant_is_found_by_nnunets_trainer_lookup():

@@ -153,3 +153,31 @@ def test_ignore_fraction_leaves_out_each_samples_least_confident_voxels():
         xi, psi, sm, generator=torch.Generator().manual_seed(0), min_confidence=0.7) == IGNORE_LABEL))
     with pytest.raises(ValueError, match=r"ignore_fraction must be in \[0, 1\] or None, got -0.1"):
         rs_pseudo_label(xi, psi, sm, ignore_fraction=-0.1)
+
+
+def test_start_model_votes_with_its_weight_and_confidence_counts_every_voter():
+    # D_xi undecided (zero logits), D_psi leaning to class 1, the start model sure of class 0: its vote decides
+    from ad_nnunet.method.rs_fusion import rs_score, votes
+
+    sm = GaussianSmoothing(2, dim=2)
+    xi = torch.zeros(1, 2, 6, 6)
+    psi = torch.zeros(1, 2, 6, 6)
+    psi[:, 1] = 1.0
+    start = torch.zeros(1, 2, 6, 6)
+    start[:, 0] = 8.0
+    draw = lambda: dict(generator=torch.Generator().manual_seed(0))  # noqa: E731 - the same Gumbel draw each time
+    two = rs_score(xi, psi, sm, **draw())
+    three = rs_score(xi, psi, sm, **draw(), logits_start=start, start_weight=1.5)
+    torch.testing.assert_close(three, two + 1.5 * torch.softmax(start, dim=1))
+    torch.testing.assert_close(three.sum(1), torch.full((1, 6, 6), votes(start, 1.5)))
+    assert votes() == votes(None, 1.5) == 2.0
+    assert torch.equal(rs_score(xi, psi, sm, **draw(), logits_start=start, start_weight=0.0), two)
+    assert (rs_pseudo_label(xi, psi, sm, **draw()) == 1).all()  # without the start: D_psi's class
+    assert (rs_pseudo_label(xi, psi, sm, **draw(), logits_start=start, start_weight=1.5) == 0).all()
+    # kappa = max_c s_c / V with V = 3.5: about (0.5 from D_xi + 0.27 from D_psi + 1.5) / 3.5 = 0.65 for class 0
+    masked = rs_pseudo_label(xi, psi, sm, **draw(), logits_start=start, start_weight=1.5, min_confidence=0.7)
+    assert (masked == IGNORE_LABEL).all()
+    with pytest.raises(ValueError, match="logits_start"):
+        rs_score(xi, psi, sm, logits_start=start[:, :, :3])
+    with pytest.raises(ValueError, match="start_weight"):
+        rs_score(xi, psi, sm, logits_start=start, start_weight=-1.0)

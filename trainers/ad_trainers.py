@@ -8,6 +8,7 @@ from ad_nnunet.training.variants import (  # noqa: F401
     ADTrainer_50epochs,
     ADTrainer_demo,
     ADTrainer_finetune,
+    ADTrainer_finetune_anchored,
     ADTrainer_finetune_confident,
     ADTrainer_finetune_dropunsure,
     ADTrainer_finetune_thetaSupervised,

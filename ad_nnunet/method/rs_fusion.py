@@ -5,7 +5,7 @@ with a small Gaussian kernel, and added to the softmax of the plain decoder's lo
 
 .. math::
     \hat y = \arg\max_c \Big[ (G_\sigma * \mathrm{GS}_\tau(\mathrm{clip}(\ell^\xi, -1, 1)))_c
-        + \mathrm{softmax}(\ell^\psi)_c \Big],
+        + \mathrm{softmax}(\ell^\psi)_c + w\,\mathrm{softmax}(\ell^0)_c \Big],
 
 .. math::
     \mathrm{GS}_\tau(\ell)_c = \frac{\exp((\ell_c + g_c)/\tau)}{\sum_k \exp((\ell_k + g_k)/\tau)}, \qquad
@@ -13,10 +13,12 @@ with a small Gaussian kernel, and added to the softmax of the plain decoder's lo
 
 with :math:`\tau = 1` (soft sample, ``hard=False``) and :math:`G_\sigma` a normalised, depthwise Gaussian kernel
 (size 3, :math:`\sigma = 1`): :math:`k(\mathbf x) \propto \exp(-\lVert \mathbf x \rVert^2 / 2\sigma^2)` on the
-offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`.
+offsets :math:`\{-1, 0, 1\}^d`, :math:`\sum k = 1`. The last term is not the paper's (:math:`w = 0` there and by
+default): :math:`\ell^0` are the logits of the model a fine-tuning run started from (the warm start, frozen), which
+then votes with weight :math:`w` next to the two streams.
 
-**Confidence.** The fused score :math:`s_c` (the bracket above) sums to 2 over the classes, so
-:math:`\kappa = \max_c s_c / 2 \in [1/C, 1]` is how strongly the two streams agree on :math:`\hat y`. The paper and
+**Confidence.** The fused score :math:`s_c` (the bracket above) sums to :math:`V = 2 + w` over the classes, so
+:math:`\kappa = \max_c s_c / V \in [1/C, 1]` is how strongly the voters agree on :math:`\hat y`. The paper and
 the official code use every voxel (no threshold; ``min_confidence=None`` here). With ``min_confidence`` set, voxels
 with :math:`\kappa <` ``min_confidence`` get ``IGNORE_LABEL`` (losses.py) and drop out of :math:`L_u`: typically the
 object's boundary, where :math:`D_\psi` is near 50/50 and the smoothed Gumbel sample is soft. A fixed threshold
@@ -103,9 +105,10 @@ def _gumbel_softmax(logits: torch.Tensor, tau: float, generator: Optional[torch.
 
 @torch.no_grad()
 def rs_score(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing, tau: float = 1.0,
-             generator: Optional[torch.Generator] = None, xstart_clip: Optional[float] = 1.0) -> torch.Tensor:
-    r"""The fused score :math:`s` (the bracket in the module docstring), ``(B, C, *spatial)`` float32, summing to 2
-    over the classes, without grad.
+             generator: Optional[torch.Generator] = None, xstart_clip: Optional[float] = 1.0,
+             logits_start: Optional[torch.Tensor] = None, start_weight: float = 0.0) -> torch.Tensor:
+    r"""The fused score :math:`s` (the bracket in the module docstring), ``(B, C, *spatial)`` float32, summing to
+    :math:`V =` :func:`votes` over the classes, without grad.
 
     Args:
         logits_xi: DDIM :math:`x_0` logits of :math:`D_\xi`, ``(B, C, *spatial)``.
@@ -115,30 +118,45 @@ def rs_score(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: Gauss
         generator: optional ``torch.Generator`` on the logits' device for the Gumbel noise.
         xstart_clip: :math:`\ell^\xi` is clamped to ``[-xstart_clip, xstart_clip]`` before the Gumbel-softmax
             (module docstring); None leaves it unclipped.
+        logits_start: logits :math:`\ell^0` of the model the run started from, same shape; None: no such vote.
+        start_weight: its weight :math:`w \ge 0` (ignored without ``logits_start``).
     """
     if logits_xi.shape != logits_psi.shape:
         raise ValueError(f"logits_xi {tuple(logits_xi.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
+    if logits_start is not None and logits_start.shape != logits_psi.shape:
+        raise ValueError(f"logits_start {tuple(logits_start.shape)} and logits_psi {tuple(logits_psi.shape)} differ")
+    if start_weight < 0 or not math.isfinite(start_weight):
+        raise ValueError(f"start_weight must be a finite number >= 0, got {start_weight}")
     if tau <= 0 or not math.isfinite(tau):
         raise ValueError(f"tau must be a positive finite number, got {tau}")
     if xstart_clip is not None:
         if xstart_clip <= 0 or not math.isfinite(xstart_clip):
             raise ValueError(f"xstart_clip must be a positive finite number or None, got {xstart_clip}")
         logits_xi = logits_xi.clamp(-xstart_clip, xstart_clip)
-    return smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
+    score = smoothing(_gumbel_softmax(logits_xi, tau, generator)) + torch.softmax(logits_psi.float(), dim=1)
+    if logits_start is not None and start_weight:
+        score += start_weight * torch.softmax(logits_start.float(), dim=1)
+    return score
+
+
+def votes(logits_start: Optional[torch.Tensor] = None, start_weight: float = 0.0) -> float:
+    """:math:`V`, what the fused score sums to over the classes: 2 (the two streams) plus the start model's weight."""
+    return 2.0 + (start_weight if logits_start is not None else 0.0)
 
 
 @torch.no_grad()
 def label_of_score(score: torch.Tensor, min_confidence: Optional[float] = None,
-                   ignore_fraction: Optional[float] = None) -> torch.Tensor:
+                   ignore_fraction: Optional[float] = None, num_votes: float = 2.0) -> torch.Tensor:
     r""":math:`\hat y = \arg\max_c s_c` as a LongTensor ``(B, 1, *spatial)``; with ``min_confidence``, the voxels whose
-    confidence :math:`\kappa = \max_c s_c / 2` is below it get ``IGNORE_LABEL``; with ``ignore_fraction``, the share
-    of each sample's voxels with the lowest :math:`\kappa` does (module docstring; both: the union)."""
+    confidence :math:`\kappa = \max_c s_c / V` (``num_votes`` :math:`V`, :func:`votes`) is below it get
+    ``IGNORE_LABEL``; with ``ignore_fraction``, the share of each sample's voxels with the lowest :math:`\kappa` does
+    (module docstring; both: the union)."""
     for name, value in (("min_confidence", min_confidence), ("ignore_fraction", ignore_fraction)):
         if value is not None and not 0 <= value <= 1:
             raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
     best, label = score.max(dim=1, keepdim=True)
     if min_confidence is not None:
-        label[best / 2 < min_confidence] = IGNORE_LABEL
+        label[best / num_votes < min_confidence] = IGNORE_LABEL
     if ignore_fraction:
         per_sample = best.flatten(1)
         count = int(ignore_fraction * per_sample.shape[1] + 0.5)
@@ -152,11 +170,12 @@ def label_of_score(score: torch.Tensor, min_confidence: Optional[float] = None,
 def rs_pseudo_label(logits_xi: torch.Tensor, logits_psi: torch.Tensor, smoothing: GaussianSmoothing,
                     tau: float = 1.0, generator: Optional[torch.Generator] = None,
                     xstart_clip: Optional[float] = 1.0, min_confidence: Optional[float] = None,
-                    ignore_fraction: Optional[float] = None) -> torch.Tensor:
+                    ignore_fraction: Optional[float] = None, logits_start: Optional[torch.Tensor] = None,
+                    start_weight: float = 0.0) -> torch.Tensor:
     r"""RS pseudo-label :math:`\hat y` (module docstring) as a LongTensor ``(B, 1, *spatial)`` without grad:
     :func:`label_of_score` of :func:`rs_score` (arguments there)."""
-    return label_of_score(rs_score(logits_xi, logits_psi, smoothing, tau, generator, xstart_clip), min_confidence,
-                          ignore_fraction)
+    score = rs_score(logits_xi, logits_psi, smoothing, tau, generator, xstart_clip, logits_start, start_weight)
+    return label_of_score(score, min_confidence, ignore_fraction, votes(logits_start, start_weight))
 
 
 @torch.no_grad()

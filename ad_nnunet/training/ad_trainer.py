@@ -6,7 +6,8 @@ One training step, on a labeled batch (x_l, y_l) and an unlabeled batch x_u:
     L_deno = DiceCE(D_xi(x_l, q_sample(2 onehot(y_l) - 1, t), t), y_l)  (diffusion stream, x0-prediction)
     L_diff = nnU-Net's deep-supervised Dice+CE of D_psi(x_l) against y_l  (the paper's recipe, ADTrainer_paper:
              full-resolution DiceCE_w with w = DRS(D_xi's labeled prediction))
-    y_hat  = argmax(GaussSmooth(GumbelSoftmax(clip(DDIM(x_u), -1, 1))) + Softmax(D_psi(x_u)))   (RS, no gradient)
+    y_hat  = argmax(GaussSmooth(GumbelSoftmax(clip(DDIM(x_u), -1, 1))) + Softmax(D_psi(x_u)))   (RS, no gradient;
+             + w * Softmax(start model(x_u)) with start_model_vote w > 0: the frozen warm start votes too)
     L_u    = DiceCE(D_theta(x_u), y_hat)   (with pseudo_label_min_confidence: over the voxels where RS is confident)
     L      = L_deno + L_diff + mu(epoch) * L_u,   mu(epoch) = mu * exp(-5 (1 - epoch / ramp)^2)
              (+ lambda * L_theta with theta_supervised_weight lambda > 0: nnU-Net's Dice+CE of D_theta(x_l) against
@@ -20,7 +21,7 @@ Everything else is nnU-Net's: plans, preprocessing, patch sampling, optimizer, p
 Each part a recipe or ablation changes is one hook, overridden in a few lines (variants.py):
 
     diffusion_stream_class    D_xi's part of the step (diffusion_stream.py); ADTrainer_noDiffusion: NoDiffusionStream
-    pseudo_label              y_hat from D_xi's DDIM logits and D_psi's logits: RS; ADTrainer_noRS: argmax of D_xi's
+    pseudo_label              y_hat from D_xi's and D_psi's logits (and the batch): RS; ADTrainer_noRS: argmax of D_xi's
     forward_and_pseudo_label  the train forward and y_hat: D_theta learns y_hat on the unlabeled batch itself;
                               ADTrainer_strongView (and ADTrainer_finetune): on a strong view of it
     class_weights             per-class weights of D_psi's loss: none; ADTrainer_paper: DRS
@@ -33,6 +34,7 @@ Settings (schedule, mu, DDIM steps, ...) are attributes set in ``__init__``; a v
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from dataclasses import asdict
@@ -129,6 +131,9 @@ class ADTrainer(nnUNetTrainer):
         # lambda >= 0: D_theta also learns the labeled batch (L_theta, nnU-Net's Dice+CE at full resolution) with
         # this weight; 0: only through the EMA and the pseudo-labels, as in the paper
         self.theta_supervised_weight = 0.0
+        # w >= 0: the model a warm-started run began from (frozen) votes in RS with this weight, next to D_xi and
+        # D_psi (rs_fusion.py); 0: the two streams alone, as in the paper
+        self.start_model_vote = 0.0
         for name, value in self.overrides.items():  # checked by make_variant, each on its own
             setattr(self, name, value)
         if self.ddim_steps > self.diffusion_timesteps:  # DDIM visits a subset of the training timesteps
@@ -139,7 +144,9 @@ class ADTrainer(nnUNetTrainer):
         self.dataloader_unlabeled = None
         self.fold_split = None
         self.skipped_steps = 0
-        self.start_unet: Optional[Dict[str, torch.Tensor]] = None  # the warm start's U-Net, for final_interpolation
+        # the warm start's U-Net, for final_interpolation and start_model_vote (see records_start)
+        self.start_unet: Optional[Dict[str, torch.Tensor]] = None
+        self.start_model: Optional[ADNet] = None  # a frozen ADNet with start_unet, built on first use
         # the U-Net as trained, before final_interpolation: with start_unet, any other a can be exported later
         self.trained_unet: Optional[Dict[str, torch.Tensor]] = None
         for key in AD_LOG_KEYS:
@@ -278,13 +285,19 @@ class ADTrainer(nnUNetTrainer):
         return NonDetMultiThreadedAugmenter(loader, None, num_processes, max(6, num_processes // 2), None,
                                             pin_memory=self.device.type == "cuda", wait_time=0.002)
 
+    @property
+    def records_start(self) -> bool:
+        """Whether the run needs the model it started from (``start_unet``, recorded by adnnunet_warm_start)."""
+        return self.final_interpolation is not None or self.start_model_vote > 0
+
     def on_train_start(self):
-        if self.final_interpolation is not None and self.start_unet is None:
+        if self.records_start and self.start_unet is None:
+            uses = ([f"final_interpolation={self.final_interpolation}"] if self.final_interpolation is not None
+                    else []) + ([f"start_model_vote={self.start_model_vote}"] if self.start_model_vote > 0 else [])
             raise ADInputError(
-                f"{type(self).__name__} interpolates its final model with the model it started from "
-                f"(final_interpolation={self.final_interpolation}), but {self.output_folder} holds no warm start. "
-                f"Fix: start the run with adnnunet_warm_start -i <nnUNetTrainer checkpoint_final.pth>, then "
-                f"nnUNetv2_train ... --c.")
+                f"{type(self).__name__} uses the model it started from ({', '.join(uses)}), but "
+                f"{self.output_folder} holds no warm start. Fix: start the run with adnnunet_warm_start -i "
+                f"<nnUNetTrainer checkpoint_final.pth>, then nnUNetv2_train ... --c.")
         super().on_train_start()
         if self.local_rank == 0:
             save_json({**asdict(self.fold_split), "fold": self.fold}, join(self.output_folder, "ad_split.json"),
@@ -344,7 +357,7 @@ class ADTrainer(nnUNetTrainer):
         teacher saw; D_psi's teacher logits come from the same encoder pass."""
         out = self.network(image, mode="train", **noisy_labels, x_unlabeled=unlabeled,
                            theta_on_labeled=self.theta_on_labeled)
-        return out, self.pseudo_label(logits_xi_u, out["psi_u"])
+        return out, self.pseudo_label(logits_xi_u, out["psi_u"], unlabeled)
 
     @property
     def theta_on_labeled(self) -> bool:
@@ -371,11 +384,26 @@ class ADTrainer(nnUNetTrainer):
         ema_blend_(self.core.decoder, self.core.ema_sources, self.ema_momentum)
 
     @torch.no_grad()
-    def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
-        """Hook: y_hat from D_xi's DDIM logits and D_psi's logits on the unlabeled batch: RS (rs_fusion.py)."""
+    def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor,
+                     unlabeled: torch.Tensor) -> torch.Tensor:
+        """Hook: y_hat from D_xi's DDIM logits and D_psi's logits on the unlabeled batch ``unlabeled``: RS
+        (rs_fusion.py), with the start model's vote when ``start_model_vote`` > 0."""
         return rs_pseudo_label(logits_xi.float(), logits_psi.float(), self.smoothing, tau=self.gumbel_tau,
                                min_confidence=self.pseudo_label_min_confidence,
-                               ignore_fraction=self.pseudo_label_ignore_fraction)
+                               ignore_fraction=self.pseudo_label_ignore_fraction,
+                               logits_start=self.start_model_logits(unlabeled), start_weight=self.start_model_vote)
+
+    @torch.no_grad()
+    def start_model_logits(self, unlabeled: torch.Tensor) -> Optional[torch.Tensor]:
+        """The logits of the model the run started from on ``unlabeled`` (None when ``start_model_vote`` is 0): a
+        frozen copy of the network with the recorded start U-Net, predicting as nnU-Net does (E and D_theta)."""
+        if not self.start_model_vote:
+            return None
+        if self.start_model is None:
+            self.start_model = copy.deepcopy(self.core).eval().requires_grad_(False)
+            self.start_model.zero_grad(set_to_none=True)  # the copy would keep the live network's gradients
+            self.start_model.load_state_dict(self.start_unet, strict=False)
+        return self.start_model(unlabeled)
 
     def unlabeled_weight(self) -> float:
         ramp = self.num_epochs if self.mu_rampup_epochs is None else self.mu_rampup_epochs

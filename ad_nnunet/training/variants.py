@@ -69,6 +69,7 @@ AD_SETTINGS: Dict[str, Accepts] = {
     "smoothing_sigma": POSITIVE, "seed": _int("an int >= 0", lambda v: v >= 0),
     "final_interpolation": _or_none(FRACTION), "pseudo_label_min_confidence": _or_none(FRACTION),
     "pseudo_label_ignore_fraction": _or_none(FRACTION), "theta_supervised_weight": NON_NEGATIVE,
+    "start_model_vote": NON_NEGATIVE,
 }
 
 
@@ -160,7 +161,8 @@ class ADTrainer_noDiffusion(ADTrainer_paper):
     psi; so the pseudo-label is argmax(D_psi)."""
     diffusion_stream_class = NoDiffusionStream
 
-    def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor) -> torch.Tensor:
+    def pseudo_label(self, logits_xi: Optional[torch.Tensor], logits_psi: torch.Tensor,
+                     unlabeled: torch.Tensor) -> torch.Tensor:
         return argmax_pseudo_label(logits_psi)
 
 
@@ -174,7 +176,7 @@ class ADTrainer_noDRS(ADTrainer_paper):
 class ADTrainer_noRS(ADTrainer_paper):
     """The paper's ablation without Reparameterize & Smooth: pseudo-label = plain argmax of the DDIM logits."""
 
-    def pseudo_label(self, logits_xi: torch.Tensor, logits_psi: torch.Tensor) -> torch.Tensor:
+    def pseudo_label(self, logits_xi: torch.Tensor, logits_psi: torch.Tensor, unlabeled: torch.Tensor) -> torch.Tensor:
         return argmax_pseudo_label(logits_xi)
 
 
@@ -185,7 +187,7 @@ class ADTrainer_strongView(ADTrainer):
 
     def forward_and_pseudo_label(self, image, noisy_labels, unlabeled, logits_xi_u):
         with torch.no_grad():
-            pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"))
+            pseudo = self.pseudo_label(logits_xi_u, self.network(unlabeled, mode="psi"), unlabeled)
         student, pseudo = strong_view(unlabeled, pseudo)  # global torch RNG: seeded, saved on resume
         return self.network(image, mode="train", **noisy_labels, x_unlabeled=student, psi_on_unlabeled=False,
                             theta_on_labeled=self.theta_on_labeled), pseudo
@@ -209,3 +211,8 @@ ADTrainer_finetune_dropunsure = make_variant("ADTrainer_finetune_dropunsure", AD
 # through the EMA of D_psi and D_xi, which lags them.
 ADTrainer_finetune_thetaSupervised = make_variant("ADTrainer_finetune_thetaSupervised", ADTrainer_finetune,
                                                   theta_supervised_weight=1.0)
+# Experimental: the recommended recipe with the warm start's own model voting in RS (rs_fusion.py). On LA's
+# development cases the teacher of a finished run labels typical scans 0.9-4 points below the model it started from
+# (docs/benchmarks.md, session 16), and D_theta follows it; the start's vote is to hold those scans where they were.
+ADTrainer_finetune_anchored = make_variant("ADTrainer_finetune_anchored", ADTrainer_finetune_thetaSupervised,
+                                           start_model_vote=1.0)

@@ -140,7 +140,7 @@ def write_warm_start_checkpoint(trainer, source: str, checkpoint: dict, overwrit
         trainer.initialize()
     if isinstance(trainer, ADTrainer):
         trainer.core.load_state_dict(warm_start_state_dict(trainer.core, checkpoint["network_weights"], source))
-        if trainer.final_interpolation is not None:  # kept in every checkpoint of the run, for its last step
+        if trainer.records_start:  # kept in every checkpoint of the run
             trainer.start_unet = unet_state(trainer.core.state_dict())
     else:
         load_unet_weights(unwrapped_network(trainer), checkpoint["network_weights"], source)
