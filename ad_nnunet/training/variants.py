@@ -212,7 +212,7 @@ ADTrainer_finetune_dropunsure = make_variant("ADTrainer_finetune_dropunsure", AD
 ADTrainer_finetune_thetaSupervised = make_variant("ADTrainer_finetune_thetaSupervised", ADTrainer_finetune,
                                                   theta_supervised_weight=1.0)
 # Experimental: the recommended recipe with the warm start's own model voting in RS (rs_fusion.py). On LA's
-# development cases the teacher of a finished run labels typical scans 0.9-4 points below the model it started from
-# (docs/benchmarks.md, session 16), and D_theta follows it; the start's vote is to hold those scans where they were.
+# development cases the teacher of a finished run labels six of seven typical scans 0.9-4.3 points below the model it
+# started from, and D_theta follows it (docs/benchmarks.md, session 16); the start's vote is to hold them there.
 ADTrainer_finetune_anchored = make_variant("ADTrainer_finetune_anchored", ADTrainer_finetune_thetaSupervised,
                                            start_model_vote=1.0)
