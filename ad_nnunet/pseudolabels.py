@@ -53,6 +53,7 @@ from ad_nnunet.publishing import write_atomic, write_json_atomic
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.network.ad_net import ADNet
+from ad_nnunet.training.weight_interpolation import weights_as_trained
 
 MARKER = "pseudolabels.json"
 CSV_NAME = "pseudolabels.csv"
@@ -285,8 +286,8 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
     schedule = LinearDiffusionSchedule(overrides.get("diffusion_timesteps", 1000))
     psi, xi = PsiLogits(net), DiffusionLogits(net, schedule, ddim_steps)
     ad_state = load_checkpoint(Path(run_folder) / f"fold_{fold}" / checkpoint_name).get("ad_state") or {}
-    if ad_state.get("trained_unet") is not None:  # the teacher as trained, not the saved mix (module docstring)
-        predictor.list_of_parameters = [{**p, **ad_state["trained_unet"]} for p in predictor.list_of_parameters]
+    # the teacher as trained, not the saved mix (module docstring)
+    predictor.list_of_parameters = [weights_as_trained(p, ad_state) for p in predictor.list_of_parameters]
     start = None
     if overrides.get("start_model_vote"):
         if ad_state.get("start_unet") is None:

@@ -114,11 +114,10 @@ def teachers(trainer, checkpoint: dict) -> Dict[str, Dict[str, torch.Tensor]]:
     """The network states to score from an A&D checkpoint: "trained" (the U-Net as trained, when a
     ``final_interpolation`` run recorded it, else the saved weights) and, if recorded, "start"."""
     from ad_nnunet.training.warm_start import warm_start_state_dict
+    from ad_nnunet.training.weight_interpolation import weights_as_trained
 
     ad_state = checkpoint.get("ad_state") or {}
-    trained = dict(checkpoint["network_weights"])
-    trained.update(ad_state.get("trained_unet") or {})
-    states = {"trained": trained}
+    states = {"trained": weights_as_trained(checkpoint["network_weights"], ad_state)}
     if ad_state.get("start_unet") is not None:
         states["start"] = warm_start_state_dict(trainer.core, ad_state["start_unet"], "the recorded start")
     return states

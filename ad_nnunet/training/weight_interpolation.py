@@ -65,3 +65,10 @@ def recorded_unet(ad_state: Optional[Mapping], a: float, source: str) -> Dict[st
                            f"(ADTrainer_finetune), trained with this version of ad-nnunet; or leave out the "
                            f"interpolation weight.")
     return interpolated(ends["start_unet"], ends["trained_unet"], a)
+
+
+def weights_as_trained(network_weights: Mapping[str, torch.Tensor],
+                       ad_state: Optional[Mapping]) -> Dict[str, torch.Tensor]:
+    """A checkpoint's network weights as training left them: a ``final_interpolation`` run saves a mix of the start and
+    the trained U-Net and records the trained one (``ad_state["trained_unet"]``), which replaces the mix."""
+    return {**network_weights, **((ad_state or {}).get("trained_unet") or {})}
