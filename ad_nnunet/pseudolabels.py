@@ -31,7 +31,6 @@ temporary file and renamed; a case with all three is skipped on a rerun), ``pseu
 """
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import html
@@ -52,7 +51,7 @@ from ad_nnunet.hashing import sha256_of
 from ad_nnunet.publishing import write_atomic, write_json_atomic
 from ad_nnunet.method.diffusion import LinearDiffusionSchedule
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
-from ad_nnunet.network.ad_net import ADNet
+from ad_nnunet.network.ad_net import ADNet, FrozenUNet
 from ad_nnunet.training.weight_interpolation import weights_as_trained
 
 MARKER = "pseudolabels.json"
@@ -99,11 +98,12 @@ def check_ad_checkpoint(run_folder: Union[str, os.PathLike], fold: Union[int, st
 
 
 def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkpoint_name: str,
-              cases: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
-    """Validate an A&D run's fold and checkpoint (``check_ad_checkpoint``); returns unlabeled case id -> raw image
-    files (channel order), restricted to ``cases`` when given. Raises ADInputError naming the problem and the fix."""
+              cases: Optional[Sequence[str]] = None) -> Tuple[Dict[str, List[str]], dict]:
+    """Validate an A&D run's fold and checkpoint (``check_ad_checkpoint``); returns (unlabeled case id -> raw image
+    files (channel order), restricted to ``cases`` when given; the checkpoint's ``ad_state``). Raises ADInputError
+    naming the problem and the fix."""
     run = Path(run_folder)
-    checkpoint_file, _, split = check_ad_checkpoint(run, fold, checkpoint_name)
+    checkpoint_file, checkpoint, split = check_ad_checkpoint(run, fold, checkpoint_name)
     split_file = checkpoint_file.parent / "ad_split.json"
     unlabeled = list(split["unlabeled"])
     if cases:
@@ -124,7 +124,7 @@ def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkp
     if missing:
         raise ADInputError(f"no image of case(s) {', '.join(missing)} in {raw}/imagesUnlabeled or imagesTr. Fix: "
                            f"check nnUNet_raw, or restore the images.")
-    return {c: files[c] for c in unlabeled}
+    return {c: files[c] for c in unlabeled}, checkpoint.get("ad_state") or {}
 
 
 def model_marker(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkpoint_name: str, ddim_steps: int,
@@ -177,21 +177,19 @@ class PsiLogits(_StreamOfADNet):
         return ADNet.full_resolution(self.net.decoder_psi(self.net.encode(x)))
 
 
-class StartModelLogits(_StreamOfADNet):
-    """E and D_theta with the U-Net the run started from (``start_unet``), as training's start model: it replaces
-    whatever fold parameters the predictor loads, on a copy of ``net``."""
+class StartModelLogits(nn.Module):
+    """The U-Net the run started from (``start_unet``), as training's start model (``FrozenUNet``)."""
 
     def __init__(self, net: ADNet, start_unet: Dict[str, torch.Tensor]):
-        super().__init__(copy.deepcopy(net))
-        self.start_unet = start_unet
+        super().__init__()
+        self.start_model = FrozenUNet(net, start_unet)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = self.net.load_state_dict(state_dict, strict=strict, assign=assign)
-        self.net.load_state_dict(self.start_unet, strict=False)
-        return result
+        """Ignored: the predictor loads the fold's trained parameters before each prediction; this stream keeps the
+        start weights."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.start_model(x)
 
 
 class DiffusionLogits(_StreamOfADNet):
@@ -268,7 +266,7 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
         raise ADInputError(f"--ddim_steps {ddim_steps}: must be at least 1. Fix: pass e.g. --ddim_steps 10.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ADInputError("--device cuda: no CUDA device is available. Fix: pass --device cpu.")
-    case_files = check_run(run_folder, fold, checkpoint_name, cases)
+    case_files, ad_state = check_run(run_folder, fold, checkpoint_name, cases)
     out = claim_output_folder(out_dir, model_marker(run_folder, fold, checkpoint_name, ddim_steps, seed))
 
     predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=device == "cuda",
@@ -285,7 +283,6 @@ def make_pseudolabels(run_folder: Union[str, os.PathLike], fold: Union[int, str]
     fusion_kwargs = {"tau": overrides["gumbel_tau"]} if "gumbel_tau" in overrides else {}
     schedule = LinearDiffusionSchedule(overrides.get("diffusion_timesteps", 1000))
     psi, xi = PsiLogits(net), DiffusionLogits(net, schedule, ddim_steps)
-    ad_state = load_checkpoint(Path(run_folder) / f"fold_{fold}" / checkpoint_name).get("ad_state") or {}
     # the teacher as trained, not the saved mix (module docstring)
     predictor.list_of_parameters = [weights_as_trained(p, ad_state) for p in predictor.list_of_parameters]
     start = None

@@ -4,7 +4,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from _net_helpers import configuration
 from ad_nnunet.export import unet_state_dict
-from ad_nnunet.network.ad_net import ADNet, ADNetWithoutDiffusion, build_ad_network
+from ad_nnunet.network.ad_net import ADNet, ADNetWithoutDiffusion, FrozenUNet, build_ad_network
 
 NUM_CLASSES = 3
 
@@ -39,6 +39,30 @@ def test_state_dict_has_no_duplicated_encoder_and_loads_strictly():
         "temb_decoder_xi", "difficulty"}
     fresh = build()
     fresh.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_frozen_unet_predicts_with_the_given_weights_and_training_does_not_move_it():
+    from ad_nnunet.training.weight_interpolation import unet_state
+
+    start = build()
+    net = build()
+    with torch.no_grad():  # a different network than the start
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    net(torch.randn(1, 1, 16, 16, 16)).sum().backward()  # live gradients, which the copy must not keep
+    frozen = FrozenUNet(net, unet_state(start.state_dict()))
+    x = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(frozen(x), start.eval()(x))
+    assert set(frozen.state_dict()) == set(unet_state(net.state_dict()))  # E and D_theta only
+    assert not any(p.requires_grad or p.grad is not None for p in frozen.parameters())
+    assert not any(p is q for p in frozen.parameters() for q in net.parameters())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(frozen(x), start(x))
+    wrong = {k: v for k, v in unet_state(start.state_dict()).items() if not k.startswith("decoder.seg_layers")}
+    with pytest.raises(ValueError, match=r"do not fit the network's U-Net \(missing: \['decoder.seg_layers"):
+        FrozenUNet(net, wrong)
 
 
 def test_decoders_start_identical_but_own_their_parameters():

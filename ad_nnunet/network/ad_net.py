@@ -16,6 +16,8 @@ whose encoder and decoder become the shared encoder E and the unlabeled/inferenc
 - ``time_embedding`` (sinusoidal 128 -> Linear(128, 512) -> SiLU -> Linear(512, 512)) and per-stage additive
   projections Linear(512, C_s) into the encoder stages and D_xi's stages, applied only when a timestep is given.
 - ``difficulty``: the DRS state (buffers), so it is checkpointed with the weights and survives ``--c``.
+- ``FrozenUNet``: a frozen copy of E and D_theta at given weights (the model a warm-started run started from, which
+  ``start_model_vote`` lets vote in the pseudo-label); it holds no diffusion stream and no other decoder.
 - ``ADNetWithoutDiffusion``: the paper's ablation without the diffusion stream (no D_xi, no noisy-label stem, no
   timestep embedding); it overrides the one hook that adds them, and D_theta then follows D_psi alone.
 - Deep supervision: only D_psi, the decoder trained on the labels, may use it (``psi_deep_supervision``), so that
@@ -34,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -209,6 +211,27 @@ class ADNet(nn.Module):
                         out["psi_u"] = self.full_resolution(self.decoder_psi([s.detach() for s in skips_u]))
             return out
         raise ValueError(f"unknown ADNet mode {mode!r}; expected 'segment', 'psi', 'denoise' or 'train'")
+
+
+class FrozenUNet(nn.Module):
+    """E and D_theta of ``network`` copied with ``unet_weights`` (the ``encoder.*``/``decoder.*`` entries of an ADNet
+    state dict) and frozen: ``forward(x)`` is what nnU-Net would predict with those weights, and nothing that trains
+    ``network`` moves it. ValueError names the entries when the weights do not fit the network's U-Net."""
+
+    def __init__(self, network: ADNet, unet_weights: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.encoder = copy.deepcopy(network.encoder)
+        self.decoder = copy.deepcopy(network.decoder, memo={id(network.encoder): self.encoder})
+        missing, unexpected = self.load_state_dict(unet_weights, strict=False)
+        missing = [k for k in missing if self.state_dict()[k].is_floating_point()]
+        if missing or unexpected:
+            raise ValueError(f"the weights do not fit the network's U-Net (missing: {missing[:3]}, unexpected: "
+                             f"{list(unexpected)[:3]})")
+        self.zero_grad(set_to_none=True)  # the copies would keep the live network's gradients
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
 
 
 class ADNetWithoutDiffusion(ADNet):

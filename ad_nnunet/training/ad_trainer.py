@@ -34,7 +34,6 @@ Settings (schedule, mu, DDIM steps, ...) are attributes set in ``__init__``; a v
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 from dataclasses import asdict
@@ -65,7 +64,7 @@ from ad_nnunet.method.decoupling import ema_blend_
 from ad_nnunet.method.losses import IGNORE_LABEL, dice_ce_loss, sigmoid_rampup
 from ad_nnunet.method.rs_fusion import GaussianSmoothing, rs_pseudo_label
 from ad_nnunet.method.svda import svda_training_transforms
-from ad_nnunet.network.ad_net import ADNet, build_ad_network
+from ad_nnunet.network.ad_net import ADNet, FrozenUNet, build_ad_network
 from ad_nnunet.training.diffusion_stream import DiffusionStream
 from ad_nnunet.training.progress import AD_LOG_KEYS, add_missing_ad_log_keys, plot_ad_progress
 from ad_nnunet.training.rng import rng_state, seed_everything, set_rng_state
@@ -146,7 +145,7 @@ class ADTrainer(nnUNetTrainer):
         self.skipped_steps = 0
         # the warm start's U-Net, for final_interpolation and start_model_vote (see records_start)
         self.start_unet: Optional[Dict[str, torch.Tensor]] = None
-        self.start_model: Optional[ADNet] = None  # a frozen ADNet with start_unet, built on first use
+        self.start_model: Optional[FrozenUNet] = None  # the U-Net at start_unet, built on first use
         # the U-Net as trained, before final_interpolation: with start_unet, any other a can be exported later
         self.trained_unet: Optional[Dict[str, torch.Tensor]] = None
         for key in AD_LOG_KEYS:
@@ -396,13 +395,11 @@ class ADTrainer(nnUNetTrainer):
     @torch.no_grad()
     def start_model_logits(self, unlabeled: torch.Tensor) -> Optional[torch.Tensor]:
         """The logits of the model the run started from on ``unlabeled`` (None when ``start_model_vote`` is 0): a
-        frozen copy of the network with the recorded start U-Net, predicting as nnU-Net does (E and D_theta)."""
+        frozen copy of E and D_theta with the recorded start weights, predicting as nnU-Net does."""
         if not self.start_model_vote:
             return None
         if self.start_model is None:
-            self.start_model = copy.deepcopy(self.core).eval().requires_grad_(False)
-            self.start_model.zero_grad(set_to_none=True)  # the copy would keep the live network's gradients
-            self.start_model.load_state_dict(self.start_unet, strict=False)
+            self.start_model = FrozenUNet(self.core, self.start_unet)
         return self.start_model(unlabeled)
 
     def unlabeled_weight(self) -> float:
