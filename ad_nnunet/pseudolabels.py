@@ -27,7 +27,8 @@ Rank 1 is the case with the most disagreement: the one whose label would teach t
 
 Output folder: ``labels/<case><ending>``, ``overlays/<case>.png``, ``cases/<case>.json`` per case (each written to a
 temporary file and renamed; a case with all three is skipped on a rerun), ``pseudolabels.csv`` and ``index.html``
-(rebuilt from ``cases/`` at the end) and the marker ``pseudolabels.json`` naming the model and settings.
+(rebuilt from ``cases/`` at the end) and the marker ``pseudolabels.json`` naming the model, the settings and the
+labels' format.
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ from ad_nnunet.network.ad_net import ADNet, FrozenUNet
 from ad_nnunet.training.weight_interpolation import weights_as_trained
 
 MARKER = "pseudolabels.json"
+# what the labels of a folder mean; raised when that changes, so that a rerun does not mix them with older ones
+# (2: a final_interpolation run's teacher as trained, and the start model's vote)
+MARKER_FORMAT = 2
 CSV_NAME = "pseudolabels.csv"
 SCORES = ("foreground_ml", "mean_confidence", "agreement", "ddim_spread", "disagreement")
 CSV_COLUMNS = ("case",) + SCORES + ("rank",)
@@ -129,13 +133,14 @@ def check_run(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkp
 
 def model_marker(run_folder: Union[str, os.PathLike], fold: Union[int, str], checkpoint_name: str, ddim_steps: int,
                  seed: int) -> dict:
-    """What ``pseudolabels.json`` records: the model (with the checkpoint's sha256) and the sampling settings."""
+    """What ``pseudolabels.json`` records: the model (with the checkpoint's sha256), the sampling settings and the
+    format of the labels (``MARKER_FORMAT``)."""
     run = Path(run_folder)
     trainer, plans, configuration = run_folder_parts(run)
     return {"dataset": run.parent.name, "configuration": configuration, "trainer": trainer, "plans": plans,
             "fold": str(fold), "checkpoint": checkpoint_name,
             "checkpoint_sha256": sha256_of(run / f"fold_{fold}" / checkpoint_name), "ddim_steps": ddim_steps,
-            "seed": seed}
+            "seed": seed, "format": MARKER_FORMAT}
 
 
 def claim_output_folder(out_dir: Union[str, os.PathLike], marker: dict) -> Path:
@@ -144,6 +149,10 @@ def claim_output_folder(out_dir: Union[str, os.PathLike], marker: dict) -> Path:
     marker_file = out / MARKER
     if marker_file.is_file():
         old = json.loads(marker_file.read_text(encoding="utf-8"))
+        if old.get("format") != marker.get("format"):
+            raise ADInputError(f"{out} holds pseudo-labels made by another version of adnnunet_pseudolabels (format "
+                               f"{old.get('format', 1)} there, {marker.get('format')} now), which computed them "
+                               f"differently. Fix: delete {out} to make them again, or choose another -o.")
         if old != marker:
             diff = ", ".join(f"{k}: {old.get(k)!r} there, {marker[k]!r} now" for k in marker if old.get(k) != marker[k])
             raise ADInputError(f"{out} holds pseudo-labels of another model or settings ({diff}). Fix: choose another "

@@ -5,16 +5,18 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
 from ad_nnunet import console_command, ext_trainer_dir
 from ad_nnunet.checkpoints import load_checkpoint
 from ad_nnunet.entrypoints.results import pseudolabels_entry, rank_unlabeled_entry
+from ad_nnunet.errors import ADInputError
 from ad_nnunet.data.raw import list_unlabeled_cases
 from ad_nnunet.export import unet_state_dict
 from ad_nnunet.hashing import sha256_of
-from ad_nnunet.pseudolabels import CSV_COLUMNS, SCORES, foreground_mean_dice
+from ad_nnunet.pseudolabels import CSV_COLUMNS, MARKER_FORMAT, SCORES, claim_output_folder, foreground_mean_dice
 
 CONFIG = "3d_tiny"
 TRAINER = "ADTrainer_pltest"
@@ -189,3 +191,19 @@ def test_pseudolabels_of_a_trained_model(tiny, tmp_path, monkeypatch, capsys):
         assert err.startswith("adnnunet_pseudolabels: error:") and "Fix:" in err, err
         assert all(w in err for w in words), (words, err)
         assert (_outputs(target) if target.exists() else None) == existed, argv
+
+
+def test_a_folder_of_an_older_format_is_refused_not_mixed(tmp_path):
+    """Pseudo-labels computed another way (an older marker format) are never topped up by a rerun."""
+    marker = {"trainer": "T", "seed": 0, "format": MARKER_FORMAT}
+    out = claim_output_folder(tmp_path / "out", marker)
+    assert json.load(open(out / "pseudolabels.json")) == marker
+    assert claim_output_folder(out, dict(marker)) == out  # the same model and settings: resumed
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "pseudolabels.json").write_text(json.dumps({"trainer": "T", "seed": 0}))  # format 1 had no field
+    with pytest.raises(ADInputError, match=rf"another version of adnnunet_pseudolabels \(format 1 there, "
+                                           rf"{MARKER_FORMAT} now\).*Fix: delete .*old"):
+        claim_output_folder(old, marker)
+    with pytest.raises(ADInputError, match=r"another model or settings \(seed: 0 there, 1 now\)"):
+        claim_output_folder(out, {**marker, "seed": 1})
