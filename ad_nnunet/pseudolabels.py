@@ -56,7 +56,7 @@ from ad_nnunet.network.ad_net import ADNet, FrozenUNet
 from ad_nnunet.training.weight_interpolation import weights_as_trained
 
 MARKER = "pseudolabels.json"
-# what the labels of a folder mean; raised when that changes, so that a rerun does not mix them with older ones
+# how a folder's labels were computed; raise it when that changes, so that a rerun never mixes old and new labels
 # (2: a final_interpolation run's teacher as trained, and the start model's vote)
 MARKER_FORMAT = 2
 CSV_NAME = "pseudolabels.csv"
