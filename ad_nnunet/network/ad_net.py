@@ -223,7 +223,8 @@ class FrozenUNet(nn.Module):
         self.encoder = copy.deepcopy(network.encoder)
         self.decoder = copy.deepcopy(network.decoder, memo={id(network.encoder): self.encoder})
         missing, unexpected = self.load_state_dict(unet_weights, strict=False)
-        missing = [k for k in missing if self.state_dict()[k].is_floating_point()]
+        state = self.state_dict()
+        missing = [k for k in missing if state[k].is_floating_point()]
         if missing or unexpected:
             raise ValueError(f"the weights do not fit the network's U-Net (missing: {missing[:3]}, unexpected: "
                              f"{list(unexpected)[:3]})")
